@@ -1,0 +1,176 @@
+"""Run folders and checkpoints.
+
+A run folder is self-describing; its config, tokenizer and weights rebuild the model::
+
+    RUN/config.json            resolved RunConfig
+    RUN/tokenizer.json         vocabulary
+    RUN/metrics.csv            training and validation metrics (also RUN/tensorboard/)
+    RUN/loss.png               loss curve, written at the end of training
+    RUN/checkpoints/LATEST     name of the newest complete checkpoint
+    RUN/checkpoints/step-000500/model.safetensors   raw weights
+                                ema.safetensors     EMA weights (used by eval and sample)
+                                state.pt            optimizer, LR schedule, step, RNG and data position
+
+A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so an
+interrupted save never leaves a half-written checkpoint where a later command would read it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from maskdiff.config import RunConfig
+from maskdiff.diffusion import MaskedDiffusion
+from maskdiff.errors import MaskdiffError
+from maskdiff.tokenizer import CharTokenizer, load_tokenizer
+
+CHECKPOINTS = "checkpoints"
+LATEST = "LATEST"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None,
+    state: dict,
+    keep: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically, point LATEST at it and keep only the newest ``keep``."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_state_dict_for_saving(model), tmp / "model.safetensors")
+    if ema is not None:
+        save_file(_state_dict_for_saving(ema), tmp / "ema.safetensors")
+    torch.save(state, tmp / "state.pt")
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    _write_atomically(root / LATEST, final.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint LATEST names (or the newest complete one), or None."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if named.is_dir():
+            return named
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) from a path to either of them."""
+    path = Path(path)
+    if not path.exists():
+        raise MaskdiffError(f"checkpoint folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise MaskdiffError(f"{str(path)!r} is not a folder; pass a run folder or one of its checkpoints")
+    if (path / "state.pt").is_file() or (path / "model.safetensors").is_file():
+        return path.parent.parent, path
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise MaskdiffError(f"{str(path)!r} holds no checkpoint (expected {CHECKPOINTS}/step-*/ inside a run folder)")
+    return path, checkpoint
+
+
+def load_weights(module: torch.nn.Module, file: Path) -> None:
+    """Load a safetensors file into ``module`` with a clear error when it does not fit."""
+    try:
+        state = load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise MaskdiffError(f"cannot read weights {file}: {err}") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MaskdiffError(f"weights {file} do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_state(checkpoint: Path) -> dict:
+    try:
+        return torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MaskdiffError(f"checkpoint {checkpoint} has no state.pt") from None
+    except Exception as err:  # a truncated or corrupt pickle raises many different types
+        raise MaskdiffError(f"cannot read {checkpoint / 'state.pt'}: {err}") from None
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with everything needed to use it."""
+
+    config: RunConfig
+    tokenizer: CharTokenizer
+    model: MaskedDiffusion
+    run_dir: Path
+    checkpoint: Path
+    step: int
+
+
+def load_run(path: str | Path, weights: str = "ema", device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild the model of a run folder (or checkpoint folder) with its EMA or raw weights."""
+    from maskdiff.models import build_model
+
+    run_dir, checkpoint = resolve_checkpoint(path)
+    config = RunConfig.load(run_dir / "config.json")
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    model = build_model(config, tokenizer.vocab_size)
+    file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
+    if not file.is_file():
+        file = checkpoint / "model.safetensors"
+    load_weights(model, file)
+    model.to(device).eval()
+    step = int(checkpoint.name.split("-")[-1]) if checkpoint.name.startswith("step-") else -1
+    return LoadedRun(config, tokenizer, model, run_dir, checkpoint, step)

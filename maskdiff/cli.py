@@ -1,0 +1,210 @@
+"""The ``maskdiff`` command line: a table from subcommand to one library function.
+
+Each handler only parses arguments, calls the library and prints. Problems a user can fix
+raise :class:`MaskdiffError` and end as one line on stderr with a non-zero exit; ``--debug``
+shows the traceback of anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from maskdiff.errors import MaskdiffError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (no usage block before them)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ handlers
+def cmd_train(args) -> int:
+    from maskdiff.config import RunConfig
+    from maskdiff.presets import get_preset
+    from maskdiff.training import train
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"data.path={args.data}")
+    if args.resume:
+        if args.out is None:
+            raise MaskdiffError("--resume needs --out DIR, the run folder to continue")
+        if args.preset is not None:
+            raise MaskdiffError("--resume continues the run's own config; drop --preset (use --set to change values)")
+        cfg = RunConfig.load(Path(args.out) / "config.json")
+        run_dir = Path(args.out)
+    else:
+        cfg = get_preset(args.preset or "tiny")
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = cfg.with_overrides(overrides)
+    print(f"maskdiff: training preset {cfg.preset!r} in {run_dir}", file=sys.stderr)
+    result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    v = result.valid
+    print(
+        f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
+        f"bits/token (perplexity <= {v.perplexity:.3f}) over {v.num_tokens} tokens\n"
+        f"checkpoint: {result.checkpoint}\n"
+        f"loss curve: {result.run_dir / 'loss.png'}\n"
+        f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
+    )
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from maskdiff.generate import generate_text
+
+    def show(i: int, texts: list[str]) -> None:
+        print(f"--- step {i}/{args.steps}", file=sys.stderr)
+        for text in texts:
+            print(text, file=sys.stderr)
+
+    gen = generate_text(
+        args.checkpoint,
+        num_samples=args.num_samples,
+        length=args.length,
+        steps=args.steps,
+        seed=args.seed,
+        grid=args.grid,
+        temperature=args.temperature,
+        weights=args.weights,
+        precision=args.precision,
+        progress=not args.quiet,
+        on_step=show if args.show_steps else None,
+    )
+    divider = "\n" + "-" * 40 + "\n"
+    output = divider.join(gen.texts)
+    if args.output:
+        Path(args.output).write_text(output + "\n", encoding="utf-8")
+    print(output)
+    print(f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from maskdiff.evaluation import evaluate_checkpoint
+
+    result, info = evaluate_checkpoint(
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        samples=args.samples,
+        timesteps=args.timesteps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        length=args.length,
+        precision=args.precision,
+        progress=not args.quiet and not args.json,
+    )
+    if args.json:
+        print(json.dumps({**result.to_dict(), **info}))
+        return 0
+    unit = info["unit"]
+    bound = "continuous-time" if result.timesteps is None else f"discrete-time (T={result.timesteps})"
+    print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
+    print(f"data:       {info['data']}: {result.num_sequences} sequences, {result.num_tokens} tokens, {result.samples_per_sequence} sample(s) each")
+    print(f"NELBO ({bound}): {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}")
+    print(f"perplexity bound: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from maskdiff.config import SECTIONS
+    from maskdiff.presets import PRESETS, get_preset
+
+    if args.show is None:
+        for name, fn in PRESETS.items():
+            print(f"{name:8s} {(fn.__doc__ or '').strip()}")
+        return 0
+    cfg = get_preset(args.show).to_dict()
+    for section, cls in SECTIONS.items():
+        for key, doc in cls.docs().items():
+            print(f"{section}.{key} = {cfg[section][key]!r}  # {doc}")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> Parser:
+    parser = Parser(prog="maskdiff", description="Masked discrete diffusion: train, sample and evaluate.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model", description="Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus.")
+    p.add_argument("--preset", help="named config (see `maskdiff presets`; default: tiny)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text with the ancestral sampler.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
+    p.add_argument("--num-samples", type=int, default=4, help="how many texts (default 4)")
+    p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
+    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
+    p.add_argument("--grid", choices=("cosine", "uniform"), default="cosine", help="time grid (default cosine)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
+    p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr")
+    p.add_argument("--output", metavar="FILE", help="also write the samples to FILE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_sample)
+
+    p = sub.add_parser("eval", help="likelihood bound of a checkpoint", description="NELBO in bits per token and the perplexity bound, with Monte Carlo standard errors.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to evaluate (default: the run's own corpus)")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split of the run's corpus without --data (default test)")
+    p.add_argument("--samples", type=int, default=1, help="Monte Carlo samples per sequence (default 1)")
+    p.add_argument("--timesteps", type=int, help="discrete-time bound with T steps (default: continuous time)")
+    p.add_argument("--length", type=int, help="tokens per evaluated sequence (default: the run's sequence length)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
+    p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")
+    p.set_defaults(handler=cmd_presets)
+    return parser
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``maskdiff`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except MaskdiffError as err:
+        if args.debug:
+            raise
+        print(f"maskdiff {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # disk full, permissions, a vanished file
+        if args.debug:
+            raise
+        print(f"maskdiff {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"maskdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: keep the message short unless asked
+        if args.debug:
+            raise
+        print(f"maskdiff {args.command}: internal error: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,54 @@
+"""Named configurations. Each preset is a plain function returning a :class:`RunConfig`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from maskdiff.errors import MaskdiffError
+
+
+def tiny() -> RunConfig:
+    """A 0.8M-parameter character model on the built-in corpus: a few minutes on a 2-core CPU."""
+    return RunConfig(
+        preset="tiny",
+        model=ModelConfig(n_layers=4, d_model=128, n_heads=4),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(seq_len=128),
+        train=TrainConfig(steps=1500, batch_size=32, lr=2e-3, warmup_steps=100, eval_every=250, checkpoint_every=500),
+    )
+
+
+def small() -> RunConfig:
+    """A 5M-parameter character model (6 layers, width 256, 256 tokens): the CPU benchmark size."""
+    return RunConfig(
+        preset="small",
+        model=ModelConfig(n_layers=6, d_model=256, n_heads=4),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(seq_len=256),
+        train=TrainConfig(steps=20_000, batch_size=32, lr=1e-3, warmup_steps=500, eval_every=1000, checkpoint_every=1000),
+    )
+
+
+def text8() -> RunConfig:
+    """MD4's text8 setting: 12 layers, width 768, 256 characters, batch 512 (needs a GPU and the text8 file)."""
+    return RunConfig(
+        preset="text8",
+        model=ModelConfig(n_layers=12, d_model=768, n_heads=12, dropout=0.0),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(path="text8", seq_len=256, valid_fraction=0.05, test_fraction=0.05),
+        train=TrainConfig(
+            steps=1_000_000, batch_size=512, lr=3e-4, warmup_steps=2000, weight_decay=0.03,
+            ema_decay=0.9999, eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "text8": text8}
+
+
+def get_preset(name: str) -> RunConfig:
+    """The config of preset ``name``."""
+    if name not in PRESETS:
+        raise MaskdiffError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]()

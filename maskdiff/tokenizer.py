@@ -1,0 +1,85 @@
+"""Tokenizers turn text into token ids 0..V-1 and back, and save themselves beside a checkpoint.
+
+Only the character-level tokenizer exists so far; :func:`load_tokenizer` dispatches on the
+``type`` field of the saved JSON so other kinds can be added without touching callers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskdiff.errors import MaskdiffError
+
+
+class CharTokenizer:
+    """One token per Unicode character of a fixed, sorted alphabet."""
+
+    kind = "char"
+    unit = "char"  # what one token is, for "bits per char"
+
+    def __init__(self, chars: list[str]):
+        if not chars:
+            raise MaskdiffError("a character vocabulary needs at least one character")
+        self.chars = list(chars)
+        codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._order = np.argsort(codes)
+        self._sorted_codes = codes[self._order]
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectorised lookup: (code points, vocabulary positions, found?) for every character."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        pos = np.searchsorted(self._sorted_codes, codes).clip(max=len(self.chars) - 1)
+        return codes, pos, self._sorted_codes[pos] == codes
+
+    def unknown(self, text: str) -> Counter:
+        """Characters of ``text`` outside the vocabulary, with their counts."""
+        codes, _, found = self._lookup(text)
+        values, counts = np.unique(codes[~found], return_counts=True)
+        return Counter({chr(v): int(n) for v, n in zip(values, counts)})
+
+    def encode(self, text: str) -> torch.Tensor:
+        """text -> LongTensor [len(text)]; raises on characters outside the vocabulary."""
+        codes, pos, found = self._lookup(text)
+        if not found.all():
+            missing = self.unknown(text)
+            shown = ", ".join(repr(c) for c, _ in missing.most_common(10))
+            raise MaskdiffError(
+                f"{sum(missing.values())} characters ({len(missing)} distinct) are not in the vocabulary: {shown}"
+            )
+        return torch.from_numpy(self._order[pos].astype(np.int64))
+
+    def decode(self, ids) -> str:
+        """ids (any iterable of ints in 0..V-1) -> text."""
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "chars": self.chars}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> CharTokenizer:
+    """The tokenizer saved at ``path`` (tokenizer.json of a run folder)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MaskdiffError(f"no tokenizer.json in {Path(path).parent}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaskdiffError(f"{path} is not a valid tokenizer file: {err}") from None
+    if raw.get("type") == CharTokenizer.kind:
+        return CharTokenizer(raw["chars"])
+    raise MaskdiffError(f"{path}: unknown tokenizer type {raw.get('type')!r}")

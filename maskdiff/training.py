@@ -1,0 +1,207 @@
+"""The training loop: AdamW with warm-up and cosine decay, EMA, periodic evaluation, checkpoints.
+
+The trainer knows the objective only through ``objective.train_loss(x0, generator) -> [B]``
+(nats per sequence) and ``objective.nelbo`` for evaluation, so any objective with those two
+methods trains the same way. Every random choice (initialisation, data crops, masking noise)
+comes from seeded generators whose states are checkpointed: ``resume=True`` continues
+bit-exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from maskdiff.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
+from maskdiff.config import RunConfig
+from maskdiff.data import RandomCrops, chunks, prepare_data
+from maskdiff.errors import MaskdiffError
+from maskdiff.evaluation import EvalResult, evaluate_nelbo
+from maskdiff.hardware import autocast, resolve_device, resolve_precision
+from maskdiff.metrics import MetricsLog, plot_loss
+from maskdiff.models import build_model
+from maskdiff.tokenizer import load_tokenizer
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    checkpoint: Path
+    steps: int
+    final_train_bits: float
+    valid: EvalResult
+    tokens_per_s: float
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR at optimizer step ``step``: linear warm-up, then cosine to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel with decay min(decay, (1 + n) / (10 + n)) after n updates,
+    so early EMA weights are not dominated by the random initialisation."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        weight = 1 - min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return update
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or scalars)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Create the run folder; refuse to overwrite an existing run unless resuming."""
+    if resume:
+        if latest_checkpoint(run_dir) is None:
+            raise MaskdiffError(f"cannot resume: {str(run_dir)!r} holds no checkpoint")
+        return
+    if latest_checkpoint(run_dir) is not None or (run_dir / "config.json").exists():
+        raise MaskdiffError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MaskdiffError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}") from None
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``)."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, cfg, resume)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    precision = resolve_precision(tc.precision, device)
+
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
+    tokenizer, splits = prepare_data(cfg.data, tokenizer)
+    if not resume:
+        tokenizer.save(run_dir / "tokenizer.json")
+    cfg.save(run_dir / "config.json")
+
+    model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
+    optimizer = make_optimizer(model, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+    )
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
+    crops = RandomCrops(splits.train, cfg.data.seq_len, tc.batch_size, seed=tc.seed + 1)
+    noise = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    valid = chunks(splits.valid, cfg.data.seq_len)
+
+    step = 0
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        state = load_state(checkpoint)
+        load_weights(model, checkpoint / "model.safetensors")
+        if ema is not None:
+            load_weights(ema.module, checkpoint / "ema.safetensors")
+            ema.n_averaged.fill_(state["ema_n_averaged"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        crops.load_state_dict(state["data"])
+        noise.set_state(state["noise_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        if step >= tc.steps:
+            raise MaskdiffError(f"the run already finished {step} of train.steps={tc.steps}; raise train.steps to go on")
+
+    def evaluate(sequences: torch.Tensor, show: bool = False) -> EvalResult:
+        target = ema.module if ema is not None else model
+        return evaluate_nelbo(target, sequences, tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show)
+
+    def checkpoint_state() -> dict:
+        return {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "data": crops.state_dict(),
+            "noise_generator": noise.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+        }
+
+    log = MetricsLog(run_dir, resume_step=step)
+    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
+    seq_len = cfg.data.seq_len
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    # throughput counts training only: time spent in evaluation and checkpointing is set aside
+    window_start, window_steps, window_tokens_per_s, set_aside = time.perf_counter(), 0, 0.0, 0.0
+    last_bits = float("nan")
+    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    checkpoint = latest_checkpoint(run_dir)
+    try:
+        while step < tc.steps:
+            for _ in range(tc.grad_accum):
+                x0 = next(crops).to(device, non_blocking=True)
+                with autocast(device, precision):
+                    loss = model.train_loss(x0, generator=noise).mean() / seq_len  # nats per token
+                (loss / tc.grad_accum).backward()
+                loss_sum += loss.detach() / tc.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            window_steps += 1
+            bar.update()
+
+            if step % tc.log_every == 0 or step == tc.steps:
+                elapsed = time.perf_counter() - window_start - set_aside
+                window_tokens_per_s = window_steps * tokens_per_step / elapsed
+                train_loss = loss_sum.item() / window_steps
+                last_bits = train_loss / math.log(2)
+                log.log(
+                    step,
+                    tokens=step * tokens_per_step,
+                    lr=scheduler.get_last_lr()[0],
+                    train_loss=train_loss,
+                    train_bits=last_bits,
+                    grad_norm=float(grad_norm),
+                    tokens_per_s=window_tokens_per_s,
+                )
+                bar.set_postfix(loss=f"{train_loss:.3f}", bits=f"{last_bits:.3f}", tok_s=f"{window_tokens_per_s:,.0f}")
+                loss_sum.zero_()
+                window_start, window_steps, set_aside = time.perf_counter(), 0, 0.0
+
+            pause = time.perf_counter()
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+                result = evaluate(valid[: tc.eval_sequences])
+                log.log(step, valid_bits=result.bits_per_token)
+                bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
+
+            if step % tc.checkpoint_every == 0 or step == tc.steps:
+                checkpoint = save_checkpoint(
+                    run_dir, step, model, ema.module if ema is not None else None, checkpoint_state(), tc.keep_checkpoints
+                )
+            set_aside += time.perf_counter() - pause
+    finally:
+        bar.close()
+
+    final = evaluate(valid, show=progress)
+    log.log(step, valid_bits=final.bits_per_token)
+    log.close()
+    plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
+    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s)

@@ -1,0 +1,160 @@
+"""A bidirectional transformer denoiser: (z_t [B, L], t [B]) -> logits [B, L, V].
+
+Pre-norm blocks with rotary position embeddings and ``scaled_dot_product_attention``.
+With ``time_conditioning`` every norm is modulated by an embedding of t (adaLN-Zero, as in
+DiT/MDLM); without it the network ignores t, which is exact for masked diffusion (the true
+posterior of a masked token does not depend on t) and lets samplers reuse predictions.
+The output layer starts at zero, so a fresh model predicts the uniform distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskdiff.config import ModelConfig
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for rotary embeddings.  -> two [length, head_dim/2] tensors"""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (first half, second half) of x [B, H, L, D] by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DDPM/DiT).  [B] -> [B, dim]"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat((args.cos(), args.sin()), dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x [B, L, D] * (1 + scale [B, D]) + shift [B, D]."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.mlp_ratio * cfg.d_model
+        self.up = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP; with a condition c [B, D], adaLN-Zero shifts, scales and gates both."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        conditioned = cfg.time_conditioning
+        self.norm1 = nn.LayerNorm(cfg.d_model, elementwise_affine=not conditioned)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, elementwise_affine=not conditioned)
+        self.mlp = MLP(cfg)
+        self.modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model) if conditioned else None
+
+    def forward(self, x, cos, sin, c=None):
+        if self.modulation is None:
+            x = x + self.attn(self.norm1(x), cos, sin)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class Transformer(nn.Module):
+    """The denoiser network. ``vocab_size`` is V: V+1 input embeddings (mask id V), V output logits."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.embed = nn.Embedding(vocab_size + 1, cfg.d_model)
+        self.time_embed = (
+            nn.Sequential(nn.Linear(cfg.time_features, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU())
+            if cfg.time_conditioning
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_conditioning)
+        self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
+        self.head = nn.Linear(cfg.d_model, vocab_size)
+        self._rotary_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reset_parameters()
+
+    @property
+    def uses_time(self) -> bool:
+        """Whether the output depends on t (samplers may reuse predictions when it does not)."""
+        return self.cfg.time_conditioning
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                # residual projections are scaled down with depth (GPT-2)
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("attn.out", "mlp.down")) else 1.0
+                nn.init.normal_(module.weight, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        zero = [self.head] + [b.modulation for b in self.blocks] + [self.final_modulation]
+        for module in filter(None, zero):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def rotary(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (length, device)
+        if key not in self._rotary_cache:
+            self._rotary_cache[key] = rotary_tables(length, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, device)
+        return self._rotary_cache[key]
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """z_t [B, L] ids in 0..V (V = mask), t [B] -> logits [B, L, V]."""
+        x = self.embed(z_t)
+        cos, sin = self.rotary(z_t.shape[1], z_t.device)
+        c = self.time_embed(timestep_features(t, self.cfg.time_features)) if self.time_embed is not None else None
+        for block in self.blocks:
+            x = block(x, cos, sin, c)
+        x = self.norm(x)
+        if self.final_modulation is not None:
+            shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+            x = modulate(x, shift, scale)
+        return self.head(x)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, length: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 N plus attention scores 12 n_layers L d."""
+        return 6 * self.num_parameters() + 12 * self.cfg.n_layers * length * self.cfg.d_model
