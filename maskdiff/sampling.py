@@ -64,22 +64,17 @@ def initial_state(num_samples: int, length: int, mask_id: int, given: torch.Tens
     return given.to(device=device, dtype=torch.long).clone()
 
 
-def ancestral_step(
-    z: torch.Tensor,
-    logits: torch.Tensor,
-    alpha_t: float,
-    alpha_s: float,
-    last: bool,
-    mask_id: int,
-    generator: torch.Generator | None,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """One reverse step t -> s of MD4's ancestral sampler.  z [N, L], logits [N, L, V] -> [N, L]"""
+def unmask_decisions(z: torch.Tensor, alpha_t: float, alpha_s: float, last: bool, mask_id: int, generator) -> torch.Tensor:
+    """Which masked positions the ancestral rule reveals going from t to s.  -> bool [N, L]
+
+    Each masked position is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t);
+    every one of them at the last step.
+    """
     masked = z == mask_id
-    p_unmask = 1.0 if last else (alpha_s - alpha_t) / (1 - alpha_t)
-    unmask = masked & (uniform_draws(z.shape, generator, z.device, torch.float64) < p_unmask)
-    proposal = categorical(logits, generator, temperature)
-    return torch.where(unmask, proposal, z)
+    if last:
+        return masked
+    p_unmask = (alpha_s - alpha_t) / (1 - alpha_t)
+    return masked & (uniform_draws(z.shape, generator, z.device, torch.float64) < p_unmask)
 
 
 def iterate(
@@ -94,9 +89,11 @@ def iterate(
     temperature: float = 1.0,
     device=None,
 ) -> Iterator[torch.Tensor]:
-    """Yield z after every step (the all-mask start first); the last state has no mask ids.
+    """Yield z after every step (the start first, then ``steps`` states); the last has no mask ids.
 
     ``model`` needs ``denoiser``, ``schedule`` and ``mask_id`` (a :class:`MaskedDiffusion`).
+    The denoiser only sees the sequences that reveal at least one token in a step, and is not
+    called at all in a step that reveals nothing.
     """
     if method not in METHODS:
         raise MaskdiffError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
@@ -109,13 +106,15 @@ def iterate(
     z = initial_state(num_samples, length, model.mask_id, given, device)
     yield z
     for i in range(steps):
-        if not (z == model.mask_id).any():
-            yield z
-            continue
-        t = torch.full((num_samples,), float(times[i]), device=device)
-        with torch.no_grad():
-            logits = model.denoiser(z, t)
-        z = ancestral_step(z, logits, alphas[i], alphas[i + 1], i == steps - 1, model.mask_id, generator, temperature)
+        reveal = unmask_decisions(z, alphas[i], alphas[i + 1], i == steps - 1, model.mask_id, generator)
+        rows = reveal.any(dim=1).nonzero().squeeze(1)
+        if rows.numel() > 0:
+            z = z.clone()
+            t = torch.full((rows.numel(),), float(times[i]), device=device)
+            with torch.no_grad():
+                logits = model.denoiser(z[rows], t)
+            proposal = categorical(logits, generator, temperature)
+            z[rows] = torch.where(reveal[rows], proposal, z[rows])
         yield z
 
 
