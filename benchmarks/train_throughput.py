@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,44 @@ SIZES: dict[str, tuple[str, list[str]]] = {
 DESIGN_REFERENCE = {("5M", "bf16"): 11_000, ("25M", "bf16"): 2_900, ("5M", "fp32"): 4_500, ("25M", "fp32"): 900}
 
 PHASES = ("forward+loss", "backward", "clip_grad", "optimizer", "ema")
+
+
+# ---------------------------------------------------------------------------- machine
+class OtherLoad:
+    """Cores kept busy by *other* processes between start() and stop(): all CPU time on the machine
+    (Linux /proc/stat) minus this process's own. None where /proc/stat is missing.
+
+    It matters: with OpenMP, sharing the cores with another busy process does not just halve the
+    speed, threads waiting at barriers for a descheduled sibling can make small ops many times slower.
+    """
+
+    @staticmethod
+    def _machine_busy_seconds() -> float:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    def start(self) -> "OtherLoad":
+        try:
+            self._start = (time.perf_counter(), time.process_time(), self._machine_busy_seconds())
+        except (OSError, ValueError, IndexError, AttributeError):
+            self._start = None
+        return self
+
+    def stop(self) -> float | None:
+        if self._start is None:
+            return None
+        wall, own, busy = time.perf_counter(), time.process_time(), self._machine_busy_seconds()
+        return max(0.0, (busy - self._start[2]) - (own - self._start[1])) / (wall - self._start[0])
+
+
+def check_quiet(what: str, seconds: float = 0.5) -> None:
+    """Warn when other processes are busy right before a measurement."""
+    load = OtherLoad().start()
+    time.sleep(seconds)
+    busy = load.stop()
+    if busy is not None and busy > 0.3:
+        print(f"  warning: other processes keep {busy:.1f} cores busy before {what}; timings will be low and noisy", flush=True)
 
 
 # ---------------------------------------------------------------------------- matmul peak
@@ -166,6 +205,7 @@ class Result:
     batch: int
     seq_len: int
     flops_per_token: float
+    other_load: float | None = None  # cores used by other processes during the timed steps
     step_seconds: list[float] = field(default_factory=list)
     phase_seconds: dict[str, float] | None = None  # summed over the timed steps
 
@@ -196,6 +236,7 @@ def random_batches(count: int, batch: int, seq_len: int, vocab: int, device: tor
 
 
 def benchmark_training(args, size: str, time_conditioning: bool, device: torch.device, precision) -> tuple[Result, TrainStep, list]:
+    check_quiet(f"{size}, t-cond={'on' if time_conditioning else 'off'}")
     cfg = build_config(size, time_conditioning, args.seq_len, args.batch, args.set)
     step = TrainStep(cfg, args.vocab, device, precision)
     m = cfg.model
@@ -216,12 +257,13 @@ def benchmark_training(args, size: str, time_conditioning: bool, device: torch.d
     sync()
     timer = PhaseTimer() if device.type == "cpu" else None
     mark = timer if timer is not None else (lambda name: contextlib.nullcontext())
-    start = time.perf_counter()
+    load, start = OtherLoad().start(), time.perf_counter()
     while len(result.step_seconds) < args.steps or time.perf_counter() - start < args.min_time:
         t0 = time.perf_counter()
         step(batches[len(result.step_seconds) % len(batches)], mark)
         sync()
         result.step_seconds.append(time.perf_counter() - t0)
+    result.other_load = load.stop()
     result.phase_seconds = timer.seconds if timer is not None else None
     return result, step, batches
 
@@ -330,8 +372,12 @@ def main() -> None:
 
     peaks = {}
     if not args.skip_peak:
+        check_quiet("the matmul peak")
+        load = OtherLoad().start()
         peaks = matmul_peaks(device)
-        print("\nPeak matmul throughput (square n x n @ n x n, best size)")
+        other = load.stop()
+        other = "" if other is None else f", other processes used {other:.2f} cores meanwhile"
+        print(f"\nPeak matmul throughput (square n x n @ n x n, best size{other})")
         print_table(["dtype", "n", "GFLOP/s"], [[name, str(n), f"{g:,.1f}"] for name, (g, n) in peaks.items()])
 
     if args.precision == "auto" and precision is None and device.type == "cpu" and not fast_bf16:
@@ -362,7 +408,7 @@ def main() -> None:
 
     print(f"\nTraining throughput (AdamW + clip + EMA, {threads} threads, timed steps after {args.warmup} warm-up)")
     headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "steps", "step ms", "tokens/s",
-               "MFLOP/tok", "GFLOP/s", "MFU", "DESIGN ref (ours/ref)"]
+               "MFLOP/tok", "GFLOP/s", "MFU", "DESIGN ref (ours/ref)", "other load"]
     rows = []
     for r in results:
         peak = peaks.get(r.precision, (math.nan, 0))[0]
@@ -371,9 +417,11 @@ def main() -> None:
             f"{r.batch} x {r.seq_len}", str(len(r.step_seconds)), f"{statistics.median(r.step_seconds) * 1e3:,.0f}",
             f"{r.tokens_per_s:,.0f}", f"{r.flops_per_token / 1e6:.1f}", f"{r.gflops:,.1f}",
             f"{r.gflops / peak:.0%}" if peaks else "-", reference(r, threads),
+            "-" if r.other_load is None else f"{r.other_load:.2f}",
         ])
     print_table(headers, rows)
-    print("params: non-embedding (what flops_per_token counts as 6N); MFU: achieved / peak matmul of the precision in use.")
+    print("params: non-embedding (what flops_per_token counts as 6N); MFU: achieved / peak matmul of the precision in use;")
+    print("other load: cores kept busy by other processes while timing (above ~0.2 the row is not trustworthy).")
 
     if any(r.phase_seconds for r in results):
         print("\nWhere a step goes (ms per step, wall clock, un-profiled)")

@@ -46,7 +46,6 @@ def cmd_train(args) -> int:
         cfg = get_preset(args.preset or "tiny")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = cfg.with_overrides(overrides)
-    print(f"maskdiff: training preset {cfg.preset!r} in {run_dir}", file=sys.stderr)
     result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
     v = result.valid
     print(

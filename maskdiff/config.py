@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,11 @@ def _type_problems(section_cls: type, section: str, name: str, value: Any) -> li
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
-    return [] if ok else [f"{section}.{name} must be {expected.__name__}, got {value!r}"]
+    if not ok:
+        return [f"{section}.{name} must be {expected.__name__}, got {value!r}"]
+    if expected is float and not math.isfinite(value):
+        return [f"{section}.{name} must be a finite number, got {value!r}"]
+    return []
 
 
 def parse_value(section_cls: type, section: str, name: str, text: str) -> Any:

@@ -124,6 +124,10 @@ class MaskedDiffusion(nn.Module):
         """What the trainer minimises, in nats per sequence [B]: for MD4 the NELBO itself."""
         return self.nelbo(x0, generator=generator)
 
+    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
+        return self.train_loss(x0, generator=generator)
+
     # ----------------------------------------------------------------- sampling
     def sample(
         self,

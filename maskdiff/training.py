@@ -1,7 +1,7 @@
 """The training loop: AdamW with warm-up and cosine decay, EMA, periodic evaluation, checkpoints.
 
-The trainer knows the objective only through ``objective.train_loss(x0, generator) -> [B]``
-(nats per sequence) and ``objective.nelbo`` for evaluation, so any objective with those two
+The trainer knows the objective only through ``objective(x0, generator) -> [B]`` (its
+``train_loss``, nats per sequence) and ``objective.nelbo`` for evaluation, so any objective with those two
 methods trains the same way. Every random choice (initialisation, data crops, masking noise)
 comes from seeded generators whose states are checkpointed: ``resume=True`` continues
 bit-exactly where the last checkpoint left off.
@@ -70,14 +70,16 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Create the run folder; refuse to overwrite an existing run unless resuming."""
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Resuming needs a checkpoint in ``run_dir``; a new run must not overwrite one."""
     if resume:
         if latest_checkpoint(run_dir) is None:
             raise MaskdiffError(f"cannot resume: {str(run_dir)!r} holds no checkpoint")
-        return
-    if latest_checkpoint(run_dir) is not None or (run_dir / "config.json").exists():
+    elif latest_checkpoint(run_dir) is not None or (run_dir / "config.json").exists():
         raise MaskdiffError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -87,18 +89,25 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``)."""
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, cfg, resume)
     tc = cfg.train
     device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
-
+    check_run_dir(run_dir, resume)
+    # read and check the data before anything is written
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
     tokenizer, splits = prepare_data(cfg.data, tokenizer)
+    model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
+    create_run_dir(run_dir)
     if not resume:
         tokenizer.save(run_dir / "tokenizer.json")
     cfg.save(run_dir / "config.json")
+    if progress:
+        tqdm.write(
+            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
+            f"vocabulary {tokenizer.vocab_size} | {model.denoiser.num_parameters():,} parameters | "
+            f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
+        )
 
-    model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -155,7 +164,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             for _ in range(tc.grad_accum):
                 x0 = next(crops).to(device, non_blocking=True)
                 with autocast(device, precision):
-                    loss = model.train_loss(x0, generator=noise).mean() / seq_len  # nats per token
+                    loss = model(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
                 (loss / tc.grad_accum).backward()
                 loss_sum += loss.detach() / tc.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)

@@ -1,0 +1,136 @@
+"""The command line end to end, its help texts, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from maskdiff.cli import build_parser, main
+
+SMALL = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "data.seq_len=32", "--set", "train.batch_size=4",
+         "--set", "train.eval_every=3", "--set", "train.log_every=2", "--set", "train.precision=fp32"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(corpus_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", "--data", str(corpus_file), "--out", str(out), "--quiet", "--set", "train.steps=6", *SMALL)
+    assert code == 0, stdout
+    assert "checkpoint:" in stdout and str(out) in stdout
+    return out
+
+
+def test_train_sample_eval_end_to_end(trained, capsys, corpus_file):
+    code, out, err = run(capsys, "sample", "--checkpoint", str(trained), "--num-samples", "2", "--length", "20", "--steps", "8", "--quiet")
+    assert code == 0
+    texts = out.strip().split("\n" + "-" * 40 + "\n")
+    assert len(texts) == 2 and all(len(t) == 20 for t in texts)
+    assert "tokens/s" in err
+
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(trained), "--json", "--samples", "2")
+    assert code == 0
+    result = json.loads(out)
+    assert {"bits_per_token", "bits_per_token_stderr", "perplexity", "num_tokens"} <= result.keys()
+    assert 0 < result["bits_per_token"] < 10 and result["bits_per_token_stderr"] > 0
+    assert result["samples_per_sequence"] == 2
+
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(trained), "--data", str(corpus_file), "--timesteps", "50", "--quiet")
+    assert code == 0 and "bits/char" in out and "discrete-time (T=50)" in out
+
+
+def test_resume_continues_to_more_steps(trained, capsys):
+    code, out, _ = run(capsys, "train", "--out", str(trained), "--resume", "--quiet", "--set", "train.steps=8")
+    assert code == 0 and "done: 8 steps" in out
+
+
+def test_sample_show_steps_prints_the_unmasking(trained, capsys):
+    code, out, err = run(capsys, "sample", "--checkpoint", str(trained), "--num-samples", "1", "--length", "12", "--steps", "4", "--show-steps", "--quiet")
+    assert code == 0
+    assert "--- step 0/4" in err and "_" * 12 in err
+
+
+def test_presets_listing_and_show(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0 and "tiny" in out and "small" in out
+    code, out, _ = run(capsys, "presets", "--show", "tiny")
+    assert code == 0 and "train.steps = " in out and "# optimizer steps" in out
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "presets"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out
+
+
+def bad_inputs(tmp_path, corpus_file):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 " .encode("latin-1") * 100)
+    (tmp_path / "greek.txt").write_text("αβγ" * 100, encoding="utf-8")
+    new = str(tmp_path / "new")
+    return [
+        (["train", "--data", str(tmp_path / "missing.txt"), "--out", new], "does not exist"),
+        (["train", "--data", str(tmp_path / "empty.txt"), "--out", new], "is empty"),
+        (["train", "--data", str(tmp_path / "latin1.txt"), "--out", new], "not UTF-8"),
+        (["train", "--preset", "nope", "--out", new], "unknown preset"),
+        (["train", "--set", "train.nope=1", "--out", new], "unknown config key"),
+        (["train", "--set", "train.steps=ten", "--out", new], "must be int"),
+        (["train", "--set", "train.steps", "--out", new], "not of the form"),
+        (["train", "--resume", "--out", str(tmp_path / "missing-run")], "no config.json"),
+        (["sample", "--checkpoint", str(tmp_path / "nowhere")], "does not exist"),
+        (["eval", "--checkpoint", str(tmp_path / "nowhere")], "does not exist"),
+        (["eval", "--checkpoint", str(tmp_path)], "holds no checkpoint"),
+        (["sample", "--checkpoint", "x", "--steps", "many"], "invalid int value"),
+        (["train", "--bogus"], "unrecognized arguments"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path, corpus_file, capsys):
+    for argv, message in bad_inputs(tmp_path, corpus_file):
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:  # argparse usage errors
+            code = exit_info.code
+        out, err = capsys.readouterr()
+        assert code != 0, argv
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_eval_refuses_text_outside_the_vocabulary(trained, tmp_path, capsys):
+    (tmp_path / "greek.txt").write_text("αβγ" * 100, encoding="utf-8")
+    code, _, err = run(capsys, "eval", "--checkpoint", str(trained), "--data", str(tmp_path / "greek.txt"))
+    assert code == 1 and "not in the vocabulary" in err and "'α'" in err
+
+
+def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
+    files = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert run(capsys, "train", "--out", str(trained), "--quiet", *SMALL)[0] == 1  # refuses to overwrite
+    assert run(capsys, "train", "--out", str(trained), "--resume", "--set", "train.lr=-1")[0] == 1
+    assert run(capsys, "eval", "--checkpoint", str(trained), "--samples", "0")[0] == 1
+    after = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert files == after
+
+
+def test_module_entry_point_runs_in_a_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "maskdiff", "eval", "--checkpoint", str(tmp_path / "none")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "maskdiff", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_parser_lists_all_subcommands():
+    help_text = build_parser().format_help()
+    for command in ("train", "sample", "eval", "presets"):
+        assert command in help_text

@@ -1,0 +1,109 @@
+"""The trainer: loss falls, resume is bit-exact, and a golden loss curve guards the math."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maskdiff.checkpoint import CHECKPOINTS, LATEST, list_checkpoints, load_run
+from maskdiff.errors import MaskdiffError
+from maskdiff.metrics import read_metrics
+from maskdiff.presets import get_preset
+from maskdiff.training import lr_factor, train
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_loss.json"
+
+
+def quick(corpus, *overrides):
+    """The tiny preset on the test corpus, with short sequences and small batches."""
+    base = [
+        f"data.path={corpus}", "data.seq_len=64", "train.batch_size=8", "train.log_every=5",
+        "train.eval_every=0", "train.precision=fp32", "train.warmup_steps=5",
+    ]
+    return get_preset("tiny").with_overrides(base + list(overrides))
+
+
+def test_loss_falls(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=60", "model.n_layers=2", "model.d_model=64", "train.lr=3e-3")
+    result = train(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    losses = [float(r["train_bits"]) for r in rows if r["train_bits"]]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert result.valid.bits_per_token < losses[0]
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=12", "train.checkpoint_every=6", "train.keep_checkpoints=5", "train.eval_every=4",
+                "train.log_every=2", "model.n_layers=2", "model.d_model=64")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(cfg, straight, progress=False)
+    train(cfg, interrupted, progress=False)
+    # lose everything after the step-6 checkpoint, as a crash would
+    shutil.rmtree(interrupted / CHECKPOINTS / "step-000012")
+    (interrupted / CHECKPOINTS / LATEST).write_text("step-000006\n")
+    train(cfg, interrupted, resume=True, progress=False)
+
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(straight / CHECKPOINTS / "step-000012" / name)
+        b = load_file(interrupted / CHECKPOINTS / "step-000012" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = read_metrics(straight / "metrics.csv")
+    rows_b = read_metrics(interrupted / "metrics.csv")
+    key = lambda r: (r["step"], r["train_loss"], r["valid_bits"], r["lr"], r["grad_norm"])  # noqa: E731
+    assert [key(r) for r in rows_a] == [key(r) for r in rows_b]
+
+
+def test_training_refuses_to_overwrite_a_run_and_resume_needs_one(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=2", "model.n_layers=1", "model.d_model=32")
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    with pytest.raises(MaskdiffError, match="already holds a run"):
+        train(cfg, run, progress=False)
+    with pytest.raises(MaskdiffError, match="already finished"):
+        train(cfg, run, resume=True, progress=False)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    assert before == after
+    with pytest.raises(MaskdiffError, match="holds no checkpoint"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_checkpoints_are_pruned_and_the_run_reloads(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2",
+                "model.n_layers=1", "model.d_model=32")
+    train(cfg, tmp_path / "run", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000006", "step-000008"]
+    assert not list((tmp_path / "run" / CHECKPOINTS).glob(".tmp-*"))
+    run = load_run(tmp_path / "run")
+    assert run.step == 8 and run.config == cfg and run.tokenizer.vocab_size == run.model.vocab_size
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def golden_curve(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=30", "train.ema_decay=0.9")
+    train(cfg, tmp_path / "golden", progress=False)
+    return [float(r["train_loss"]) for r in read_metrics(tmp_path / "golden" / "metrics.csv") if r["train_loss"]]
+
+
+def test_golden_loss_curve_of_the_tiny_preset(corpus_file, tmp_path):
+    """Silent changes to the objective, the model or the trainer move this curve.
+
+    Regenerate (only after an intended change) with MASKDIFF_UPDATE_GOLDEN=1.
+    """
+    curve = golden_curve(corpus_file, tmp_path)
+    if os.environ.get("MASKDIFF_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps({"train_loss": curve}, indent=1) + "\n")
+    expected = json.loads(GOLDEN.read_text())["train_loss"]
+    assert curve == pytest.approx(expected, rel=2e-3)
