@@ -2,32 +2,37 @@
 
 What it measures
   1. The machine's peak matmul throughput (GFLOP/s) in fp32 and bf16 on the current thread
-     count: square matmuls after a few warm-up iterations, best size kept. On a CPU without
-     native bf16 (no AVX512-BF16/AMX) bf16 is emulated at ~1 GFLOP/s, so only one small
+     count: square matmuls after a few warm-up calls, fastest call of the best size. On a CPU
+     without native bf16 (no AVX512-BF16/AMX) bf16 is emulated at ~1 GFLOP/s, so only a small
      (256x256) bf16 matmul is timed there.
-  2. The real maskdiff training step for a few model sizes, exactly as maskdiff/training.py
-     runs it: ``build_model`` from a preset (plus overrides), ``make_optimizer`` (AdamW),
-     the LambdaLR warm-up/cosine schedule, an ``AveragedModel`` EMA with ``ema_with_warmup``,
-     the loss ``model.train_loss(x0, generator).mean() / seq_len`` under
-     ``maskdiff.hardware.autocast`` with the precision from ``resolve_precision``, backward,
-     gradient clipping, optimizer step and EMA update. Batches are random token ids
-     (vocabulary 84, the size of the built-in character corpus) made up front, so data
-     loading is not part of the timing. After a few warm-up steps it times at least
-     ``--steps`` steps (and at least ``--min-time`` seconds) and reports tokens/s, the median
-     step time, model FLOPs per token (``Transformer.flops_per_token``), achieved GFLOP/s and
-     MFU = achieved / measured matmul peak of the precision in use. On a CPU each step is also
-     split into phases (forward+loss, backward, clip, optimizer, EMA) with wall-clock timers.
+  2. The real maskdiff training step for a few model sizes, as maskdiff/training.py runs it:
+     ``build_model`` from a preset (plus overrides), ``make_optimizer`` (AdamW), the LambdaLR
+     warm-up/cosine schedule, an ``AveragedModel`` EMA with ``ema_with_warmup``, the loss
+     ``model.train_loss(x0, generator).mean() / seq_len`` under ``maskdiff.hardware.autocast``
+     with the precision from ``resolve_precision``, backward, gradient clipping, optimizer step
+     and EMA update (grad_accum = 1). Batches are random token ids (vocabulary 84, the size of
+     the built-in character corpus) made up front, so data loading is not timed. After a few
+     warm-up steps it times at least ``--steps`` steps and ``--min-time`` seconds and reports
+     tokens/s, the median step time, model FLOPs per token (``Transformer.flops_per_token``),
+     achieved GFLOP/s and MFU = achieved / measured matmul peak of the precision in use.
+     On a CPU each step is also split into phases (forward+loss, backward, clip, optimizer,
+     EMA) with wall-clock timers.
   3. With ``--profile``: a torch.profiler trace of a few more steps per size, printing the time
-     per phase, the number of ops dispatched and host syncs per step, and the top ops by self
-     CPU time, so per-step Python/dispatch overhead shows up.
+     and number of dispatched ops per phase, host syncs per step and the top ops by self CPU
+     time, so per-step Python/dispatch overhead shows up.
 
 Sizes: ``tiny`` (the tiny preset: 4 layers, width 128, 128 tokens), ``5M`` (6 layers, width 256,
-4 heads) and ``25M`` (8 layers, width 512, 8 heads), the two sizes of DESIGN.md section 4 with
-256 tokens. Parameter counts are quoted without adaLN: time conditioning adds 6 d^2 per block.
+4 heads) and ``25M`` (8 layers, width 512, 8 heads), the two sizes of DESIGN.md section 4, with
+256 tokens. The names count parameters without adaLN: time conditioning adds 6 d^2 per block.
+
+Shared machines: OpenMP threads slow down by far more than 2x when another process wants the
+same cores. The script measures the CPU time other processes use during every timed step
+(Linux /proc/stat), waits up to ``--wait-quiet`` seconds for a quiet machine before each
+measurement, and computes the throughput from the uncontended steps only ("clean" steps).
 
 Run from the repository root (maskdiff must be importable, e.g. ``pip install -e .``):
 
-    python benchmarks/train_throughput.py                       # default: all sizes, ~2 min on 2 cores
+    python benchmarks/train_throughput.py                       # all sizes, ~2 min on 2 quiet cores
     python benchmarks/train_throughput.py --sizes 5M --profile  # where does a 5M step go?
     python benchmarks/train_throughput.py --time-conditioning both --steps 10
     python benchmarks/train_throughput.py --precision bf16 --sizes tiny --set train.ema_decay=0
@@ -51,7 +56,7 @@ from maskdiff.models import build_model
 from maskdiff.presets import get_preset
 from maskdiff.training import ema_with_warmup, lr_factor, make_optimizer
 
-# name -> (preset, overrides). Presets fix seq_len (tiny: 128, small: 256) unless --seq-len is given.
+# name -> (preset, overrides). The preset fixes seq_len (tiny: 128, small: 256) unless --seq-len is given.
 SIZES: dict[str, tuple[str, list[str]]] = {
     "tiny": ("tiny", []),
     "5M": ("small", []),
@@ -63,15 +68,13 @@ DESIGN_REFERENCE = {("5M", "bf16"): 11_000, ("25M", "bf16"): 2_900, ("5M", "fp32
 
 PHASES = ("forward+loss", "backward", "clip_grad", "optimizer", "ema")
 
+QUIET = 0.2  # cores used by other processes below which a measurement counts as uncontended
 
-# ---------------------------------------------------------------------------- machine
+
+# ---------------------------------------------------------------------------- machine load
 class OtherLoad:
-    """Cores kept busy by *other* processes between start() and stop(): all CPU time on the machine
-    (Linux /proc/stat) minus this process's own. None where /proc/stat is missing.
-
-    It matters: with OpenMP, sharing the cores with another busy process does not just halve the
-    speed, threads waiting at barriers for a descheduled sibling can make small ops many times slower.
-    """
+    """Cores kept busy by *other* processes between start() and stop(): the machine's CPU time
+    (Linux /proc/stat) minus this process's own. stop() returns None where /proc/stat is missing."""
 
     @staticmethod
     def _machine_busy_seconds() -> float:
@@ -93,13 +96,24 @@ class OtherLoad:
         return max(0.0, (busy - self._start[2]) - (own - self._start[1])) / (wall - self._start[0])
 
 
-def check_quiet(what: str, seconds: float = 0.5) -> None:
-    """Warn when other processes are busy right before a measurement."""
-    load = OtherLoad().start()
-    time.sleep(seconds)
-    busy = load.stop()
-    if busy is not None and busy > 0.3:
-        print(f"  warning: other processes keep {busy:.1f} cores busy before {what}; timings will be low and noisy", flush=True)
+def wait_for_quiet(what: str, max_wait: float) -> None:
+    """Wait (up to ``max_wait`` seconds) until other processes leave the cores alone for half a second."""
+    start = time.perf_counter()
+    while True:
+        load = OtherLoad().start()
+        time.sleep(0.5)
+        busy = load.stop()
+        if busy is None or busy < QUIET:
+            if time.perf_counter() - start > 1:
+                print(f"  (waited {time.perf_counter() - start:.0f} s for other processes before {what})", flush=True)
+            return
+        if time.perf_counter() - start > max_wait:
+            print(f"  warning: other processes keep {busy:.1f} cores busy before {what}; timings may be low", flush=True)
+            return
+
+
+def is_clean(load: float | None) -> bool:
+    return load is None or load < QUIET
 
 
 # ---------------------------------------------------------------------------- matmul peak
@@ -108,33 +122,35 @@ def synchronizer(device: torch.device):
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, device: torch.device, warmup: int, min_time: float) -> float:
-    """GFLOP/s of an n x n @ n x n matmul, timed over at least ``min_time`` seconds (at least 2 calls)."""
+    """GFLOP/s of the fastest uncontended n x n @ n x n matmul among those run in ``min_time`` seconds (>= 2 calls)."""
     sync = synchronizer(device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(warmup):
         a @ b
     sync()
-    calls, start = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < min_time:
+    times, start = [], time.perf_counter()
+    while len(times) < 2 or time.perf_counter() - start < min_time:
+        load, t0 = OtherLoad().start(), time.perf_counter()
         a @ b
-        calls += 1
         sync()
-    return 2 * n**3 * calls / (time.perf_counter() - start) / 1e9
+        seconds = time.perf_counter() - t0
+        times.append((not is_clean(load.stop()), seconds))  # clean calls sort first
+    return 2 * n**3 / min(times)[1] / 1e9
 
 
 def matmul_peaks(device: torch.device) -> dict[str, tuple[float, int]]:
     """Best GFLOP/s and the size reaching it, for fp32 and bf16: {"fp32": (gflops, n), "bf16": ...}."""
     slow_bf16 = device.type == "cpu" and not cpu_has_fast_bf16()
-    plans = {
-        "fp32": (torch.float32, (1024, 2048), 3, 0.5),
+    plans = {  # dtype, sizes, warm-up calls, seconds per size
+        "fp32": (torch.float32, (1024, 2048), 2, 0.5),
         # emulated bf16 runs at ~1 GFLOP/s: one 256^3 matmul already takes ~25 ms
-        "bf16": (torch.bfloat16, (256,) if slow_bf16 else (1024, 2048), 1 if slow_bf16 else 3, 0.05 if slow_bf16 else 0.5),
+        "bf16": (torch.bfloat16, (256,), 1, 0.05) if slow_bf16 else (torch.bfloat16, (1024, 2048), 2, 0.5),
     }
-    peaks = {}
-    for name, (dtype, sizes, warmup, min_time) in plans.items():
-        peaks[name] = max((matmul_gflops(n, dtype, device, warmup, min_time), n) for n in sizes)
-    return peaks
+    return {
+        name: max((matmul_gflops(n, dtype, device, warmup, min_time), n) for n in sizes)
+        for name, (dtype, sizes, warmup, min_time) in plans.items()
+    }
 
 
 # ---------------------------------------------------------------------------- training step
@@ -142,8 +158,12 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
+def no_marks(name: str):
+    return contextlib.nullcontext()
+
+
 class TrainStep:
-    """One optimizer step of maskdiff/training.py (grad_accum = 1), with optional phase markers.
+    """One optimizer step of maskdiff/training.py (grad_accum = 1).
 
     ``mark(name)`` wraps each phase: a wall-clock timer for the phase breakdown, or
     ``torch.profiler.record_function`` when profiling.
@@ -165,7 +185,7 @@ class TrainStep:
         self.loss_sum = torch.zeros((), device=device)
         self.model.train()
 
-    def __call__(self, x0: torch.Tensor, mark=lambda name: contextlib.nullcontext()) -> None:
+    def __call__(self, x0: torch.Tensor, mark=no_marks) -> None:
         with mark("forward+loss"), autocast(self.device, self.precision):
             loss = self.model.train_loss(x0, generator=self.noise).mean() / self.seq_len  # nats per token
         with mark("backward"):
@@ -183,7 +203,7 @@ class TrainStep:
 
 
 class PhaseTimer:
-    """Wall-clock time per phase (meaningful on the CPU, where every op is synchronous)."""
+    """Wall-clock seconds per phase of one step (meaningful on the CPU, where every op is synchronous)."""
 
     def __init__(self):
         self.seconds = {name: 0.0 for name in PHASES}
@@ -196,6 +216,13 @@ class PhaseTimer:
 
 
 @dataclass
+class StepRecord:
+    seconds: float
+    other_load: float | None  # cores used by other processes during the step
+    phases: dict[str, float] | None
+
+
+@dataclass
 class Result:
     size: str
     params: int  # non-embedding parameters
@@ -204,22 +231,34 @@ class Result:
     precision: str
     batch: int
     seq_len: int
-    flops_per_token: float
-    other_load: float | None = None  # cores used by other processes during the timed steps
-    step_seconds: list[float] = field(default_factory=list)
-    phase_seconds: dict[str, float] | None = None  # summed over the timed steps
+    flops_per_token: float  # Transformer.flops_per_token(seq_len)
+    executed_flops_per_token: float  # the same with per-sequence layers (time MLP, adaLN) counted once per sequence
+    records: list[StepRecord] = field(default_factory=list)
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.batch * self.seq_len
+    def clean(self) -> list[StepRecord]:
+        return [r for r in self.records if is_clean(r.other_load)]
+
+    @property
+    def used(self) -> list[StepRecord]:
+        """The steps the numbers come from: the uncontended ones, or all when none was."""
+        return self.clean or self.records
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens_per_step * len(self.step_seconds) / sum(self.step_seconds)
+        return self.batch * self.seq_len * len(self.used) / sum(r.seconds for r in self.used)
 
     @property
-    def gflops(self) -> float:
-        return self.tokens_per_s * self.flops_per_token / 1e9
+    def median_step(self) -> float:
+        return statistics.median(r.seconds for r in self.used)
+
+
+def executed_flops_per_token(denoiser, seq_len: int) -> float:
+    """``flops_per_token`` counts 6 FLOPs per parameter per token, but the time MLP and the adaLN
+    modulations act on one vector per *sequence*: count those parameters once per sequence."""
+    per_sequence = [denoiser.time_embed, denoiser.final_modulation, *(b.modulation for b in denoiser.blocks)]
+    n = sum(p.numel() for m in per_sequence if m is not None for p in m.parameters())
+    return denoiser.flops_per_token(seq_len) - 6 * n * (1 - 1 / seq_len)
 
 
 def build_config(size: str, time_conditioning: bool, seq_len: int | None, batch: int, extra: list[str]):
@@ -235,97 +274,121 @@ def random_batches(count: int, batch: int, seq_len: int, vocab: int, device: tor
     return [torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device) for _ in range(count)]
 
 
-def benchmark_training(args, size: str, time_conditioning: bool, device: torch.device, precision) -> tuple[Result, TrainStep, list]:
-    check_quiet(f"{size}, t-cond={'on' if time_conditioning else 'off'}")
+def benchmark_training(args, size: str, time_conditioning: bool, device, precision) -> tuple[Result, TrainStep, list]:
     cfg = build_config(size, time_conditioning, args.seq_len, args.batch, args.set)
     step = TrainStep(cfg, args.vocab, device, precision)
-    m = cfg.model
+    denoiser, m = step.model.denoiser, cfg.model
     result = Result(
         size=size,
-        params=step.model.denoiser.num_parameters(),
+        params=denoiser.num_parameters(),
         shape=f"{m.n_layers}x{m.d_model}/{m.n_heads}h",
         time_conditioning=time_conditioning,
         precision=precision_name(precision),
         batch=args.batch,
         seq_len=cfg.data.seq_len,
-        flops_per_token=step.model.denoiser.flops_per_token(cfg.data.seq_len),
+        flops_per_token=denoiser.flops_per_token(cfg.data.seq_len),
+        executed_flops_per_token=executed_flops_per_token(denoiser, cfg.data.seq_len),
     )
     batches = random_batches(4, args.batch, cfg.data.seq_len, args.vocab, device)
     sync = synchronizer(device)
     for i in range(args.warmup):
         step(batches[i % len(batches)])
     sync()
-    timer = PhaseTimer() if device.type == "cpu" else None
-    mark = timer if timer is not None else (lambda name: contextlib.nullcontext())
-    load, start = OtherLoad().start(), time.perf_counter()
-    while len(result.step_seconds) < args.steps or time.perf_counter() - start < args.min_time:
-        t0 = time.perf_counter()
-        step(batches[len(result.step_seconds) % len(batches)], mark)
+    wait_for_quiet(f"timing {size}", args.wait_quiet)
+    start = time.perf_counter()
+    while len(result.records) < args.max_steps and (
+        len(result.clean) < args.steps or time.perf_counter() - start < args.min_time
+    ):
+        timer = PhaseTimer() if device.type == "cpu" else None  # on a GPU, phase timers would need syncs
+        load, t0 = OtherLoad().start(), time.perf_counter()
+        step(batches[len(result.records) % len(batches)], timer or no_marks)
         sync()
-        result.step_seconds.append(time.perf_counter() - t0)
-    result.other_load = load.stop()
-    result.phase_seconds = timer.seconds if timer is not None else None
+        seconds = time.perf_counter() - t0
+        result.records.append(StepRecord(seconds, load.stop(), timer.seconds if timer else None))
     return result, step, batches
 
 
 # ---------------------------------------------------------------------------- profiling
-def profile_steps(step: TrainStep, batches: list, steps: int, rows: int, device: torch.device) -> None:
-    """Profile ``steps`` training steps; print phases, ops and syncs per step, and the top ops by self CPU time."""
+def profile_steps(step: TrainStep, batches: list, steps: int, rows: int, device: torch.device, max_wait: float) -> None:
+    """Profile ``steps`` training steps; print time and ops per phase, syncs per step and the top ops by self time."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    step(batches[0])  # one unprofiled step so the profile sees only steady state
+    wait_for_quiet("profiling", max_wait)
     with profile(activities=activities) as prof:
         for i in range(steps):
             step(batches[i % len(batches)], record_function)
         synchronizer(device)()
 
-    events = prof.events()
-    phase_us = {name: 0.0 for name in PHASES}
-    direct_ops = {name: 0 for name in PHASES}
-    for event in events:
-        if event.name in phase_us:
-            phase_us[event.name] += event.cpu_time_total
-        parent = event.cpu_parent
-        if parent is not None and parent.name in direct_ops:
-            direct_ops[parent.name] += 1
-    totals = {e.key: e for e in prof.key_averages()}
+    def phase_of(event) -> str | None:
+        while event is not None and event.name not in PHASES:
+            event = event.cpu_parent
+        return event.name if event is not None else None
 
-    def calls(name: str) -> float:
-        return totals[name].count / steps if name in totals else 0.0
-
-    print(f"\n  phase            ms/step   ops/step (top-level calls under the phase)")
-    for name in PHASES:
-        print(f"  {name:<15} {phase_us[name] / 1e3 / steps:>8.1f}   {direct_ops[name] / steps:>8.0f}")
-    print(
-        f"  host syncs/step (aten::_local_scalar_dense, i.e. .item()/int()/bool() of a tensor): {calls('aten::_local_scalar_dense'):.0f}; "
-        f"aten::copy_/step: {calls('aten::copy_'):.0f}; aten::to/step: {calls('aten::to'):.0f}; "
-        f"aten::empty/step: {calls('aten::empty'):.0f}"
-    )
-    print(f"  (profiler overhead inflates small ops; compare with the un-profiled phase table above)\n")
+    ms, ops, syncs = ({name: 0.0 for name in PHASES} for _ in range(3))
+    for event in prof.events():
+        if event.name in PHASES:
+            ms[event.name] += event.cpu_time_total / 1e3 / steps
+        elif event.name.startswith("aten::") and (phase := phase_of(event)) is not None:
+            ops[phase] += 1 / steps
+            syncs[phase] += (event.name == "aten::_local_scalar_dense") / steps
+    print_table(["phase", "ms/step", "aten ops/step", "host syncs/step"],
+                [[name, f"{ms[name]:,.1f}", f"{ops[name]:,.0f}", f"{syncs[name]:,.0f}"] for name in PHASES])
+    print("(aten ops include nested calls; a host sync is aten::_local_scalar_dense: .item()/int()/bool() of a tensor,")
+    print(" free on a CPU but a stall on a GPU; the profiler inflates small ops, compare with the un-profiled phases)")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=48)
     print("\n".join("  " + line for line in table.splitlines()))
-    if device.type == "cuda":
-        table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=48)
-        print("\n".join("  " + line for line in table.splitlines()))
 
 
 # ---------------------------------------------------------------------------- reporting
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
-    print(line)
+    print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
 
 
 def reference(result: Result, threads: int) -> str:
+    """DESIGN.md's tokens/s for this size and precision, and ours as a fraction of it."""
     if threads != 2 or result.batch != 32 or result.seq_len != 256:
         return "-"
     ref = DESIGN_REFERENCE.get((result.size, result.precision))
     return f"{ref:,} ({result.tokens_per_s / ref:.0%})" if ref else "-"
+
+
+def print_results(results: list[Result], peaks: dict, threads: int, warmup: int) -> None:
+    print(f"\nTraining throughput (AdamW + clip + EMA, {threads} threads, after {warmup} warm-up steps)")
+    headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "clean/steps", "step ms", "tokens/s",
+               "MFLOP/tok", "GFLOP/s", "MFU", "MFU†", "DESIGN ref (ours/ref)"]
+    rows = []
+    for r in results:
+        peak = peaks.get(r.precision, (math.nan, 0))[0]
+        achieved = r.tokens_per_s * r.flops_per_token / 1e9
+        executed = r.tokens_per_s * r.executed_flops_per_token / 1e9
+        rows.append([
+            r.size, f"{r.params / 1e6:.2f}M", r.shape, "on" if r.time_conditioning else "off", r.precision,
+            f"{r.batch} x {r.seq_len}", f"{len(r.clean)}/{len(r.records)}", f"{r.median_step * 1e3:,.0f}",
+            f"{r.tokens_per_s:,.0f}", f"{r.flops_per_token / 1e6:.1f}", f"{achieved:,.1f}",
+            f"{achieved / peak:.0%}" if peaks else "-", f"{executed / peak:.0%}" if peaks else "-", reference(r, threads),
+        ])
+    print_table(headers, rows)
+    print("params: non-embedding (flops_per_token counts 6 per parameter); MFLOP/tok: Transformer.flops_per_token;")
+    print("clean/steps: timed steps without other processes on the cores (only those count, unless none is clean);")
+    print("step ms: median; MFU: achieved / peak matmul of the precision in use; MFU†: the same with the time MLP")
+    print("  and adaLN counted once per sequence (flops_per_token counts them per token: inflated with t-cond on).")
+
+    if any(r.records[0].phases for r in results):
+        print("\nWhere a step goes (ms per step, wall clock, un-profiled, clean steps)")
+        rows = []
+        for r in results:
+            used = r.used
+            phases = [sum(s.phases[name] for s in used) / len(used) for name in PHASES]
+            total = sum(s.seconds for s in used) / len(used)
+            rows.append([r.size, "on" if r.time_conditioning else "off", *(f"{p * 1e3:,.1f}" for p in phases),
+                         f"{(total - sum(phases)) * 1e3:,.1f}", f"{total * 1e3:,.1f}"])
+        print_table(["size", "t-cond", *PHASES, "other", "total"], rows)
 
 
 def parse_args() -> argparse.Namespace:
@@ -334,20 +397,22 @@ def parse_args() -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--sizes", default="tiny,5M,25M", help=f"comma-separated sizes from {', '.join(SIZES)}")
-    parser.add_argument("--steps", type=int, default=5, help="minimum timed steps per size")
+    parser.add_argument("--steps", type=int, default=5, help="minimum clean (uncontended) timed steps per size")
     parser.add_argument("--min-time", type=float, default=3.0, help="minimum timed seconds per size")
+    parser.add_argument("--max-steps", type=int, default=12, help="stop timing a size after this many steps, clean or not")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's, 128 for tiny, 256 otherwise)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence [default: the preset's, 128 for tiny, 256 otherwise]")
     parser.add_argument("--vocab", type=int, default=84, help="vocabulary size V (the built-in corpus has 84 characters)")
-    parser.add_argument(
-        "--time-conditioning", choices=("on", "off", "both"), default="on",
-        help="adaLN time conditioning (DESIGN.md section 4 asks for the targets with it on)",
-    )
+    parser.add_argument("--time-conditioning", choices=("on", "off", "both"), default="on",
+                        help="adaLN time conditioning (DESIGN.md section 4 sets its targets with it on)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="as train.device")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override, repeatable (e.g. train.ema_decay=0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads [default: leave as is]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every size, repeatable (e.g. train.ema_decay=0)")
+    parser.add_argument("--wait-quiet", type=float, default=30.0,
+                        help="seconds to wait for other processes to leave the cores before each measurement")
     parser.add_argument("--skip-peak", action="store_true", help="skip the matmul peak (MFU is then not reported)")
     parser.add_argument("--profile", action="store_true", help="also profile a few steps per size with torch.profiler")
     parser.add_argument("--profile-steps", type=int, default=3, help="steps traced by --profile")
@@ -357,6 +422,7 @@ def parse_args() -> argparse.Namespace:
     unknown = [s for s in args.sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    args.max_steps = max(args.max_steps, args.steps)
     return args
 
 
@@ -372,67 +438,36 @@ def main() -> None:
 
     peaks = {}
     if not args.skip_peak:
-        check_quiet("the matmul peak")
-        load = OtherLoad().start()
+        wait_for_quiet("the matmul peak", args.wait_quiet)
         peaks = matmul_peaks(device)
-        other = load.stop()
-        other = "" if other is None else f", other processes used {other:.2f} cores meanwhile"
-        print(f"\nPeak matmul throughput (square n x n @ n x n, best size{other})")
+        print("\nPeak matmul throughput (square n x n @ n x n, fastest uncontended call of the best size)")
         print_table(["dtype", "n", "GFLOP/s"], [[name, str(n), f"{g:,.1f}"] for name, (g, n) in peaks.items()])
 
-    if args.precision == "auto" and precision is None and device.type == "cpu" and not fast_bf16:
-        bf16_note = f" ({peaks['bf16'][0]:.1f} GFLOP/s bf16 vs {peaks['fp32'][0]:.0f} fp32)" if peaks else ""
-        print(
-            f"\nNote: this CPU has no native bf16{bf16_note}, so precision 'auto' resolves to fp32 and bf16 "
-            "training is not benchmarked; DESIGN.md's bf16 targets need AVX512-BF16/AMX. Pass --precision bf16 to force it."
-        )
+    if args.precision == "auto" and precision is None and not fast_bf16:
+        bf16_note = f" ({peaks['bf16'][0]:.1f} GFLOP/s in bf16 vs {peaks['fp32'][0]:.0f} in fp32)" if peaks else ""
+        print(f"\nNote: this CPU has no native bf16{bf16_note}, so precision 'auto' resolves to fp32 and bf16 "
+              "training is not benchmarked;\nDESIGN.md's bf16 targets need AVX512-BF16 or AMX. --precision bf16 forces it.")
     elif precision == torch.bfloat16 and not fast_bf16:
-        print("\nWarning: bf16 forced on a CPU without native bf16: expect training to be far slower than fp32.")
+        print("\nWarning: bf16 forced on a CPU without native bf16: expect training far slower than in fp32.")
 
+    print()
     conditionings = {"on": [True], "off": [False], "both": [True, False]}[args.time_conditioning]
     results = []
     for size in args.sizes:
         for tc in conditionings:
+            label = f"{size}, t-cond={'on' if tc else 'off'}"
             t0 = time.perf_counter()
             result, step, batches = benchmark_training(args, size, tc, device, precision)
             results.append(result)
-            print(
-                f"  {size} t-cond={'on' if tc else 'off'}: {len(result.step_seconds)} steps, "
-                f"{result.tokens_per_s:,.0f} tokens/s ({time.perf_counter() - t0:.0f} s incl. warm-up)",
-                flush=True,
-            )
+            print(f"  {label}: {len(result.clean)}/{len(result.records)} clean steps, {result.tokens_per_s:,.0f} tokens/s "
+                  f"({time.perf_counter() - t0:.0f} s with warm-up)", flush=True)
             if args.profile:
-                print(f"\nProfile of {size}, t-cond={'on' if tc else 'off'}, {args.profile_steps} steps")
-                profile_steps(step, batches, args.profile_steps, args.profile_rows, device)
+                print(f"\nProfile of {label}, {args.profile_steps} steps")
+                profile_steps(step, batches, args.profile_steps, args.profile_rows, device, args.wait_quiet)
+                print()
             del step, batches
 
-    print(f"\nTraining throughput (AdamW + clip + EMA, {threads} threads, timed steps after {args.warmup} warm-up)")
-    headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "steps", "step ms", "tokens/s",
-               "MFLOP/tok", "GFLOP/s", "MFU", "DESIGN ref (ours/ref)", "other load"]
-    rows = []
-    for r in results:
-        peak = peaks.get(r.precision, (math.nan, 0))[0]
-        rows.append([
-            r.size, f"{r.params / 1e6:.2f}M", r.shape, "on" if r.time_conditioning else "off", r.precision,
-            f"{r.batch} x {r.seq_len}", str(len(r.step_seconds)), f"{statistics.median(r.step_seconds) * 1e3:,.0f}",
-            f"{r.tokens_per_s:,.0f}", f"{r.flops_per_token / 1e6:.1f}", f"{r.gflops:,.1f}",
-            f"{r.gflops / peak:.0%}" if peaks else "-", reference(r, threads),
-            "-" if r.other_load is None else f"{r.other_load:.2f}",
-        ])
-    print_table(headers, rows)
-    print("params: non-embedding (what flops_per_token counts as 6N); MFU: achieved / peak matmul of the precision in use;")
-    print("other load: cores kept busy by other processes while timing (above ~0.2 the row is not trustworthy).")
-
-    if any(r.phase_seconds for r in results):
-        print("\nWhere a step goes (ms per step, wall clock, un-profiled)")
-        headers = ["size", "t-cond", *PHASES, "other", "total"]
-        rows = []
-        for r in results:
-            n, total = len(r.step_seconds), sum(r.step_seconds)
-            phases = [r.phase_seconds[name] for name in PHASES]
-            rows.append([r.size, "on" if r.time_conditioning else "off", *(f"{s / n * 1e3:,.1f}" for s in phases),
-                         f"{(total - sum(phases)) / n * 1e3:,.1f}", f"{total / n * 1e3:,.1f}"])
-        print_table(headers, rows)
+    print_results(results, peaks, threads, args.warmup)
 
 
 if __name__ == "__main__":

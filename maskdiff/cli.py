@@ -47,6 +47,8 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = cfg.with_overrides(overrides)
     result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    if not result.is_main:
+        return 0
     v = result.valid
     print(
         f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "

@@ -9,15 +9,18 @@ bit-exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data import RandomCrops, chunks, prepare_data
@@ -39,6 +42,7 @@ class TrainResult:
     final_train_bits: float
     valid: EvalResult
     tokens_per_s: float
+    is_main: bool = True  # False on the other processes of a torchrun job
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -87,25 +91,40 @@ def create_run_dir(run_dir: Path) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``)."""
+    """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
+
+    Under ``torchrun`` every process trains on its own random crops with DistributedDataParallel;
+    rank 0 writes the run folder.
+    """
     run_dir = Path(run_dir)
     tc = cfg.train
-    device = resolve_device(tc.device)
+    ctx, device = distributed.setup(resolve_device(tc.device))
+    try:
+        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device) -> TrainResult:
+    tc = cfg.train
     precision = resolve_precision(tc.precision, device)
     check_run_dir(run_dir, resume)
     # read and check the data before anything is written
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
     tokenizer, splits = prepare_data(cfg.data, tokenizer)
     model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
-    create_run_dir(run_dir)
-    if not resume:
-        tokenizer.save(run_dir / "tokenizer.json")
-    cfg.save(run_dir / "config.json")
+    distributed.barrier(ctx)  # every process has checked the folder before rank 0 writes to it
+    if ctx.is_main:
+        create_run_dir(run_dir)
+        if not resume:
+            tokenizer.save(run_dir / "tokenizer.json")
+        cfg.save(run_dir / "config.json")
     if progress:
         tqdm.write(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {model.denoiser.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
+            + (f" | {ctx.world_size} processes" if ctx.active else "")
         )
 
     optimizer = make_optimizer(model, tc)
@@ -113,44 +132,50 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
     )
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
-    crops = RandomCrops(splits.train, cfg.data.seq_len, tc.batch_size, seed=tc.seed + 1)
-    noise = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    # each process draws its own crops and masks; the streams are part of the checkpoint
+    crops = RandomCrops(splits.train, cfg.data.seq_len, tc.batch_size, seed=tc.seed + 1 + 1000 * ctx.rank)
+    noise = torch.Generator(device=device).manual_seed(tc.seed + 2 + 1000 * ctx.rank)
     valid = chunks(splits.valid, cfg.data.seq_len)
 
     step = 0
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         state = load_state(checkpoint)
+        saved_world = len(state["data"])
+        if saved_world != ctx.world_size:
+            raise MaskdiffError(f"the run was trained with {saved_world} process(es); resume it with the same number, not {ctx.world_size}")
         load_weights(model, checkpoint / "model.safetensors")
         if ema is not None:
             load_weights(ema.module, checkpoint / "ema.safetensors")
             ema.n_averaged.fill_(state["ema_n_averaged"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        crops.load_state_dict(state["data"])
-        noise.set_state(state["noise_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        crops.load_state_dict(state["data"][ctx.rank])
+        noise.set_state(state["noise_generator"][ctx.rank])
+        torch.set_rng_state(state["torch_rng"][ctx.rank])
         step = state["step"]
         if step >= tc.steps:
             raise MaskdiffError(f"the run already finished {step} of train.steps={tc.steps}; raise train.steps to go on")
+    trained = DistributedDataParallel(model) if ctx.active else model
 
     def evaluate(sequences: torch.Tensor, show: bool = False) -> EvalResult:
         target = ema.module if ema is not None else model
         return evaluate_nelbo(target, sequences, tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show)
 
     def checkpoint_state() -> dict:
+        """What resumes the run exactly; collective: every process calls it at the same step."""
         return {
             "step": step,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "data": crops.state_dict(),
-            "noise_generator": noise.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "data": distributed.gather(crops.state_dict(), ctx),
+            "noise_generator": distributed.gather(noise.get_state(), ctx),
+            "torch_rng": distributed.gather(torch.get_rng_state(), ctx),
             "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
         }
 
-    log = MetricsLog(run_dir, resume_step=step)
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
+    log = MetricsLog(run_dir, resume_step=step) if ctx.is_main else None
+    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len * ctx.world_size
     seq_len = cfg.data.seq_len
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -161,11 +186,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     checkpoint = latest_checkpoint(run_dir)
     try:
         while step < tc.steps:
-            for _ in range(tc.grad_accum):
+            for micro in range(tc.grad_accum):
                 x0 = next(crops).to(device, non_blocking=True)
-                with autocast(device, precision):
-                    loss = model(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
-                (loss / tc.grad_accum).backward()
+                # DDP averages gradients once per optimizer step, on the last micro-batch
+                sync = micro == tc.grad_accum - 1 or not ctx.active
+                with contextlib.nullcontext() if sync else trained.no_sync():
+                    with autocast(device, precision):
+                        loss = trained(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
+                    (loss / tc.grad_accum).backward()
                 loss_sum += loss.detach() / tc.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
             optimizer.step()
@@ -180,17 +208,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             if step % tc.log_every == 0 or step == tc.steps:
                 elapsed = time.perf_counter() - window_start - set_aside
                 window_tokens_per_s = window_steps * tokens_per_step / elapsed
-                train_loss = loss_sum.item() / window_steps
+                train_loss = distributed.mean(loss_sum, ctx).item() / window_steps
                 last_bits = train_loss / math.log(2)
-                log.log(
-                    step,
-                    tokens=step * tokens_per_step,
-                    lr=scheduler.get_last_lr()[0],
-                    train_loss=train_loss,
-                    train_bits=last_bits,
-                    grad_norm=float(grad_norm),
-                    tokens_per_s=window_tokens_per_s,
-                )
+                if log is not None:
+                    log.log(
+                        step,
+                        tokens=step * tokens_per_step,
+                        lr=scheduler.get_last_lr()[0],
+                        train_loss=train_loss,
+                        train_bits=last_bits,
+                        grad_norm=float(grad_norm),
+                        tokens_per_s=window_tokens_per_s,
+                    )
                 bar.set_postfix(loss=f"{train_loss:.3f}", bits=f"{last_bits:.3f}", tok_s=f"{window_tokens_per_s:,.0f}")
                 loss_sum.zero_()
                 window_start, window_steps, set_aside = time.perf_counter(), 0, 0.0
@@ -198,19 +227,25 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             pause = time.perf_counter()
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                 result = evaluate(valid[: tc.eval_sequences])
-                log.log(step, valid_bits=result.bits_per_token)
-                bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
+                if log is not None:
+                    log.log(step, valid_bits=result.bits_per_token)
+                if progress:
+                    bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
 
             if step % tc.checkpoint_every == 0 or step == tc.steps:
-                checkpoint = save_checkpoint(
-                    run_dir, step, model, ema.module if ema is not None else None, checkpoint_state(), tc.keep_checkpoints
-                )
+                state = checkpoint_state()
+                if ctx.is_main:
+                    ema_weights = ema.module if ema is not None else None
+                    checkpoint = save_checkpoint(run_dir, step, model, ema_weights, state, tc.keep_checkpoints)
+                distributed.barrier(ctx)
             set_aside += time.perf_counter() - pause
     finally:
         bar.close()
 
     final = evaluate(valid, show=progress)
-    log.log(step, valid_bits=final.bits_per_token)
-    log.close()
-    plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
-    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s)
+    if log is not None:
+        log.log(step, valid_bits=final.bits_per_token)
+        log.close()
+        plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
+    checkpoint = latest_checkpoint(run_dir) or checkpoint
+    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main)
