@@ -52,7 +52,7 @@ def cmd_train(args) -> int:
     v = result.valid
     print(
         f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/token (perplexity <= {v.perplexity:.3f}) over {v.num_tokens} tokens\n"
+        f"bits/{result.unit} (perplexity <= {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"

@@ -43,6 +43,7 @@ class TrainResult:
     valid: EvalResult
     tokens_per_s: float
     is_main: bool = True  # False on the other processes of a torchrun job
+    unit: str = "token"  # what one token is: "char" for character models
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -220,7 +221,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                         grad_norm=float(grad_norm),
                         tokens_per_s=window_tokens_per_s,
                     )
-                bar.set_postfix(loss=f"{train_loss:.3f}", bits=f"{last_bits:.3f}", tok_s=f"{window_tokens_per_s:,.0f}")
+                bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window_tokens_per_s:,.0f}"})
                 loss_sum.zero_()
                 window_start, window_steps, set_aside = time.perf_counter(), 0, 0.0
 
@@ -248,4 +249,4 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         log.close()
         plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
     checkpoint = latest_checkpoint(run_dir) or checkpoint
-    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main)
+    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main, tokenizer.unit)
