@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.sampling import GRIDS, METHODS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -63,8 +64,8 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from maskdiff.generate import generate_text
 
-    def show(i: int, texts: list[str]) -> None:
-        print(f"--- step {i}/{args.steps}", file=sys.stderr)
+    def show(step, texts: list[str]) -> None:
+        print(f"--- step {step.index}/{step.total}  t={step.t:.3f}  nfe={step.nfe}", file=sys.stderr)
         for text in texts:
             print(text, file=sys.stderr)
 
@@ -74,19 +75,36 @@ def cmd_sample(args) -> int:
         length=args.length,
         steps=args.steps,
         seed=args.seed,
-        grid=args.grid,
-        temperature=args.temperature,
+        prompt=args.prompt,
+        infill=args.infill,
+        eos=args.eos,
         weights=args.weights,
         precision=args.precision,
         progress=not args.quiet,
         on_step=show if args.show_steps else None,
+        method=args.method,
+        grid=args.grid,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        tokens_per_step=args.tokens_per_step,
+        threshold=args.threshold,
+        block_size=args.block_size,
+        cfg=args.cfg,
+        min_length=args.min_length,
+        truncate_after_eos=args.eos is not None,
+        cache=not args.no_cache,
     )
     divider = "\n" + "-" * 40 + "\n"
     output = divider.join(gen.texts)
     if args.output:
         Path(args.output).write_text(output + "\n", encoding="utf-8")
     print(output)
-    print(f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s]", file=sys.stderr)
+    print(
+        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, "
+        f"{gen.nfe} network evaluations]",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -147,17 +165,34 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("sample", help="generate text from a checkpoint", description="Generate text with the ancestral sampler.")
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a checkpoint",
+        description="Generate text by running the reverse process. Rules: ancestral (MD4), mean (MD4's two-step "
+        "variant), low_confidence (MaskGIT remasking), random, threshold (parallel decoding of confident positions).",
+    )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, default=4, help="how many texts (default 4)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
     p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
-    p.add_argument("--grid", choices=("cosine", "uniform"), default="cosine", help="time grid (default cosine)")
+    p.add_argument("--method", choices=METHODS, default="ancestral", help="which positions to reveal each step (default ancestral)")
+    p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
+    p.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens only (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="draw from the smallest set of tokens holding this probability")
+    p.add_argument("--tokens-per-step", type=int, default=0, help="low_confidence/random: reveal this many per step")
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: reveal tokens at least this likely")
+    p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive blocks of this many tokens (0: off)")
+    p.add_argument("--prompt", metavar="TEXT", help="fixed beginning of every sample")
+    p.add_argument("--infill", metavar="TEMPLATE", help="text with [[N]] where N tokens are to be generated, e.g. 'To be, or [[12]] to be'")
+    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt (default 0: off)")
+    p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
+    p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
+    p.add_argument("--no-cache", action="store_true", help="call the network in every step, even when nothing is revealed")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
-    p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr")
+    p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr (masks as _)")
     p.add_argument("--output", metavar="FILE", help="also write the samples to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_sample)

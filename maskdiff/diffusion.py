@@ -141,11 +141,14 @@ class MaskedDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Draw ``num_samples`` sequences of ``length`` tokens with ``steps`` reverse steps.  -> [N, L]
 
-        ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling).
+        ``method`` is a rule of :mod:`maskdiff.sampling` (ancestral, mean, low_confidence,
+        random, threshold); ``given`` [N, L] fixes every position that is not the mask id
+        (prompts, infilling); ``rule_options`` are fields of :class:`maskdiff.sampling.SamplerOptions`
+        (temperature, top_k, top_p, grid, block_size, cfg, ...).
         """
         from maskdiff.sampling import sample as run_sampler
 
-        return run_sampler(self, num_samples, length, steps, method=method, given=given, generator=generator, **rule_options)
+        return run_sampler(self, num_samples, length, steps, given=given, generator=generator, method=method, **rule_options)
 
 
 def bits_per_token(nats_per_sequence: torch.Tensor, tokens_per_sequence: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""Text generation from a trained run: load the checkpoint, sample, decode."""
+"""Text generation from a trained run: load the checkpoint, build the conditioning, sample, decode."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,10 @@ from tqdm.auto import tqdm
 from maskdiff.checkpoint import load_run
 from maskdiff.errors import MaskdiffError
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.sampling import iterate
+from maskdiff.sampling import SamplerOptions, Step, iterate
+
+MASK_CHAR = "_"
+INFILL_SLOT = re.compile(r"\[\[(\d+)\]\]")
 
 
 @dataclass
@@ -21,6 +25,33 @@ class Generation:
     texts: list[str]
     seconds: float
     tokens_per_s: float
+    nfe: int  # network evaluations (a batched CFG pair counts once)
+
+
+def conditioning(tokenizer, mask_id: int, length: int, prompt: str | None, infill: str | None) -> torch.Tensor | None:
+    """The ``given`` row for a prefix prompt or an infill template.  -> [L] or None
+
+    An infill template is text in which every ``[[N]]`` stands for N positions to generate,
+    e.g. ``"To be, or [[12]] to be"``; the template sets the length.
+    """
+    if prompt is not None and infill is not None:
+        raise MaskdiffError("give either a prompt or an infill template, not both")
+    if infill is not None:
+        pieces, last = [], 0
+        for match in INFILL_SLOT.finditer(infill):
+            pieces.append(tokenizer.encode(infill[last : match.start()]))
+            pieces.append(torch.full((int(match.group(1)),), mask_id, dtype=torch.long))
+            last = match.end()
+        if not pieces:
+            raise MaskdiffError("the infill template has no [[N]] slot to fill")
+        pieces.append(tokenizer.encode(infill[last:]))
+        return torch.cat(pieces)
+    if prompt is not None:
+        ids = tokenizer.encode(prompt)
+        if ids.numel() > length:
+            raise MaskdiffError(f"the prompt has {ids.numel()} tokens, more than the sequence length {length}")
+        return torch.cat([ids, torch.full((length - ids.numel(),), mask_id, dtype=torch.long)])
+    return None
 
 
 def generate_text(
@@ -29,40 +60,63 @@ def generate_text(
     length: int | None = None,
     steps: int = 256,
     seed: int = 0,
-    grid: str = "cosine",
-    temperature: float = 1.0,
+    prompt: str | None = None,
+    infill: str | None = None,
+    eos: str | None = None,
     weights: str = "ema",
     device: str = "auto",
     precision: str = "auto",
     progress: bool = False,
-    on_step: Callable[[int, list[str]], None] | None = None,
+    on_step: Callable[[Step, list[str]], None] | None = None,
+    **sampler_options,
 ) -> Generation:
     """Sample ``num_samples`` texts of ``length`` tokens (default: the run's sequence length).
 
-    ``on_step(i, texts)`` is called after every step with the partly unmasked texts, the
-    mask shown as an underscore.
+    ``sampler_options`` are fields of :class:`maskdiff.sampling.SamplerOptions` (method, grid,
+    temperature, top_k, top_p, cfg, min_length, truncate_after_eos, ...). ``eos`` is the text of
+    the end-of-text token. ``on_step(step, texts)`` sees every intermediate state with masks
+    shown as underscores.
     """
     dev = resolve_device(device)
     run = load_run(checkpoint, weights=weights, device=dev)
+    mask_id = run.model.mask_id
     length = run.config.data.seq_len if length is None else length
-    if steps < 1:
-        raise MaskdiffError(f"steps must be >= 1, got {steps}")
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
+    if given_row is not None:
+        length = given_row.numel()
+    if eos is not None:
+        eos_ids = run.tokenizer.encode(eos)
+        if eos_ids.numel() != 1:
+            raise MaskdiffError(f"the end-of-text marker {eos!r} must be exactly one token, not {eos_ids.numel()}")
+        sampler_options["eos_id"] = int(eos_ids[0])
+    options = SamplerOptions(**sampler_options)
+    if options.cfg and given_row is None:
+        raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
+    given = given_row.expand(num_samples, -1).clone() if given_row is not None else None
+    generator = torch.Generator().manual_seed(seed)
     dtype = resolve_precision(precision, dev)
     start = time.perf_counter()
-    z = None
-    states = iterate(run.model, num_samples, length, steps, generator=generator, grid=grid, temperature=temperature, device=dev)
-    with autocast(dev, dtype), tqdm(total=steps, desc="sample", disable=not progress, leave=False) as bar:
-        for i, z in enumerate(states):
-            if i > 0:
-                bar.update()
+    step = None
+    states = iterate(run.model, num_samples, length, steps, given=given, generator=generator, device=dev, options=options)
+    with autocast(dev, dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
+        for step in states:
+            bar.total = step.total
+            bar.update(step.index - bar.n)
+            bar.set_postfix(nfe=step.nfe)
             if on_step is not None:
-                on_step(i, [decode_partial(run.tokenizer, row, run.model.mask_id) for row in z.tolist()])
+                on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
     seconds = time.perf_counter() - start
-    texts = [run.tokenizer.decode(row) for row in z.tolist()]
-    return Generation(texts, seconds, num_samples * length / seconds)
+    texts = [decode(run.tokenizer, row, options.eos_id if options.truncate_after_eos else None) for row in step.z.tolist()]
+    return Generation(texts, seconds, num_samples * length / seconds, step.nfe)
 
 
-def decode_partial(tokenizer, ids: list[int], mask_id: int, mask_char: str = "_") -> str:
-    """Decode ids that may hold the mask id, shown as ``mask_char``."""
-    return "".join(mask_char if i == mask_id else tokenizer.decode([i]) for i in ids)
+def decode(tokenizer, ids: list[int], cut_at: int | None = None) -> str:
+    """Decode ids, ending before the first ``cut_at`` id when given."""
+    if cut_at is not None and cut_at in ids:
+        ids = ids[: ids.index(cut_at)]
+    return tokenizer.decode(ids)
+
+
+def decode_partial(tokenizer, ids: list[int], mask_id: int) -> str:
+    """Decode ids that may hold the mask id, shown as an underscore."""
+    return "".join(MASK_CHAR if i == mask_id else tokenizer.decode([i]) for i in ids)

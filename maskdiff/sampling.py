@@ -1,26 +1,106 @@
-"""Reverse-process samplers: start from all masks and unmask along a time grid from t = 1 to 0.
+"""Reverse-process samplers: start from masks and reveal tokens along a time grid from t = 1 to 0.
 
-A sampler only needs a denoiser callable, a schedule and the mask id, so a CLI, a test or a
-server can drive it the same way; :func:`iterate` yields every intermediate state.
+A sampler needs only a denoiser callable, a schedule and the mask id, so a CLI, a test or a
+server drives it the same way; :func:`iterate` yields every intermediate state.
 
-Ancestral rule (MD4's reverse process) from t to s < t: each masked position is unmasked with
-probability (alpha_s - alpha_t) / (1 - alpha_t) and then takes a value drawn from the
-denoiser's prediction; unmasked positions never change. The last step (s = 0) unmasks every
-position that is still masked, so the output never contains the mask id.
+Every step has two parts: a *rule* decides which masked positions to reveal, and the revealed
+positions take values drawn from the denoiser's prediction (after temperature, top-k and
+top-p). The rules:
+
+- ``ancestral``: MD4's reverse process. From t to s each masked position is revealed with
+  probability (alpha_s - alpha_t) / (1 - alpha_t). Which positions are revealed does not depend
+  on the network, so a step that reveals nothing does not call it.
+- ``mean``: the same transition drawn in MD4's two-step order (a value for every masked
+  position first, then the reveal decisions); same distribution, always calls the network.
+- ``low_confidence``: MaskGIT/LLaDA remasking. Draw values for all masked positions and reveal
+  the k with the highest predicted probability; k is the number the schedule expects
+  (rounded) or ``tokens_per_step``.
+- ``random``: reveal k positions chosen uniformly at random.
+- ``threshold``: reveal every masked position whose drawn value has probability above
+  ``threshold``, and at least the most confident one.
+
+``block_size`` makes any rule semi-autoregressive: blocks of that many positions are decoded
+left to right, each with its own share of the steps and its own time grid. The last step of
+every block reveals whatever is still masked in it, so the output never holds the mask id.
+
+Randomness: each sample has its own counter-based stream (seeded from ``generator``), and every
+step draws the same numbers whether or not the network is called, so samples depend only on the seed and
+their index, never on the batch size or on skipped network calls. Values are drawn by
+inverse-CDF sampling in float64 (float32 noise truncates the tail of the distribution).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from maskdiff.diffusion import uniform_draws
 from maskdiff.errors import MaskdiffError
 
 GRIDS = ("cosine", "uniform")
-METHODS = ("ancestral",)
+METHODS = ("ancestral", "mean", "low_confidence", "random", "threshold")
+
+
+@dataclass
+class SamplerOptions:
+    """How to sample; validated when built."""
+
+    method: str = "ancestral"
+    grid: str = "cosine"
+    temperature: float = 1.0
+    top_k: int = 0  # keep the k most likely values; 0 keeps all
+    top_p: float = 1.0  # keep the smallest set of values with this much probability
+    tokens_per_step: int = 0  # low_confidence / random: reveal this many per step (0: as the schedule expects)
+    threshold: float = 0.9  # threshold rule: reveal positions whose value has at least this probability
+    block_size: int = 0  # > 0: semi-autoregressive blocks of this many positions, left to right
+    cfg: float = 0.0  # classifier-free guidance weight w: logits = u + (w + 1)(c - u)
+    eos_id: int | None = None  # end-of-text token id, for min_length and truncate_after_eos
+    min_length: int = 0  # suppress eos_id before this position
+    truncate_after_eos: bool = False  # fill every position after the first eos with eos
+    cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"unknown sampling method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.grid not in GRIDS:
+            problems.append(f"unknown time grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
+        if not self.temperature >= 0:
+            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.tokens_per_step < 0:
+            problems.append(f"tokens_per_step must be >= 0, got {self.tokens_per_step}")
+        if self.tokens_per_step and self.method not in ("low_confidence", "random"):
+            problems.append("tokens_per_step applies to the low_confidence and random rules")
+        if not 0 < self.threshold <= 1:
+            problems.append(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.block_size < 0:
+            problems.append(f"block_size must be >= 0, got {self.block_size}")
+        if not math.isfinite(self.cfg):
+            problems.append(f"cfg must be a finite number, got {self.cfg}")
+        if self.min_length < 0:
+            problems.append(f"min_length must be >= 0, got {self.min_length}")
+        if (self.min_length or self.truncate_after_eos) and self.eos_id is None:
+            problems.append("min_length and truncate_after_eos need eos_id")
+        if problems:
+            raise MaskdiffError("; ".join(problems))
+
+
+@dataclass
+class Step:
+    """One state of the reverse process, as :func:`iterate` yields it."""
+
+    index: int  # 0 for the initial state, then 1..steps
+    total: int  # number of steps
+    t: float  # time of this state (1 = all masked unless given)
+    z: torch.Tensor  # [N, L] ids, the mask id where still masked
+    nfe: int  # network evaluations so far (a CFG pair counts as one batched call)
+    revealed: torch.Tensor | None = None  # [N, L] bool: positions revealed by this step
 
 
 def time_grid(steps: int, kind: str = "cosine", dtype=torch.float64) -> torch.Tensor:
@@ -37,20 +117,75 @@ def time_grid(steps: int, kind: str = "cosine", dtype=torch.float64) -> torch.Te
     raise MaskdiffError(f"unknown time grid {kind!r}; choose one of {', '.join(GRIDS)}")
 
 
-def categorical(logits: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
-    """One draw per row of softmax(logits / temperature) by Gumbel-max in float64.  [..., V] -> [...]
-
-    float64 matters: float32 Gumbel noise truncates the tail and lowers the entropy of samples.
-    temperature 0 takes the argmax.
-    """
+# ---------------------------------------------------------------- distributions
+def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Probabilities in float64 after temperature, top-k and top-p; temperature 0 is one-hot argmax.  [..., V]"""
     logits = logits.double()
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    u = uniform_draws(logits.shape, generator, logits.device, torch.float64)
-    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
-    return (logits / temperature + gumbel).argmax(dim=-1)
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_k and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[..., -1:]
+        probs = torch.where(probs >= kth, probs, 0.0)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely values
+        keep_sorted = before < top_p * sorted_probs.sum(-1, keepdim=True)
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
 
 
+def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draws: for each row of probs [..., V] the value where cdf first exceeds u [...]."""
+    cdf = probs.cumsum(-1)
+    index = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).to(cdf.dtype), right=True).squeeze(-1)
+    return index.clamp_max(probs.shape[-1] - 1)
+
+
+# ---------------------------------------------------------------- randomness
+def _signed(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+GOLDEN_GAMMA = _signed(0x9E3779B97F4A7C15)
+MIX1, MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 bits."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (arithmetic wraps modulo 2^64)."""
+    x = (x ^ _shift_right(x, 30)) * MIX1
+    x = (x ^ _shift_right(x, 27)) * MIX2
+    return x ^ _shift_right(x, 31)
+
+
+class SampleStreams:
+    """Counter-based random numbers with one stream per sample.
+
+    Draw k of sample i is splitmix64(seed_i + (k + 1) * gamma): vectorised over the batch, and a
+    sample's numbers depend only on its seed and index, never on the rest of the batch.
+    """
+
+    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None):
+        base = torch.randint(0, 2**62, (1,), generator=generator)
+        self.seeds = splitmix64(base + torch.arange(num_samples) * GOLDEN_GAMMA).to(device)  # [N]
+        self.offset = 0
+
+    def uniform(self, count: int) -> torch.Tensor:
+        """The next ``count`` numbers of every stream, U[0, 1) in float64 with 53 random bits.  -> [N, count]"""
+        counter = torch.arange(self.offset + 1, self.offset + count + 1, device=self.seeds.device)
+        self.offset += count
+        bits = splitmix64(self.seeds[:, None] + counter[None] * GOLDEN_GAMMA)
+        return _shift_right(bits, 11).double() * 2.0**-53
+
+
+# ---------------------------------------------------------------- the loop
 def initial_state(num_samples: int, length: int, mask_id: int, given: torch.Tensor | None, device) -> torch.Tensor:
     """All masks, or ``given`` checked for shape and range.  -> [N, L]"""
     if num_samples < 1 or length < 1:
@@ -64,17 +199,54 @@ def initial_state(num_samples: int, length: int, mask_id: int, given: torch.Tens
     return given.to(device=device, dtype=torch.long).clone()
 
 
-def unmask_decisions(z: torch.Tensor, alpha_t: float, alpha_s: float, last: bool, mask_id: int, generator) -> torch.Tensor:
-    """Which masked positions the ancestral rule reveals going from t to s.  -> bool [N, L]
+def block_plan(length: int, steps: int, block_size: int) -> list[tuple[int, int, int]]:
+    """(start, end, steps) of each block; one block covering everything without block_size."""
+    if not block_size or block_size >= length:
+        return [(0, length, steps)]
+    starts = list(range(0, length, block_size))
+    if steps < len(starts):
+        raise MaskdiffError(f"{len(starts)} blocks of {block_size} need at least {len(starts)} steps, got {steps}")
+    share, extra = divmod(steps, len(starts))
+    return [(s, min(s + block_size, length), share + (i < extra)) for i, s in enumerate(starts)]
 
-    Each masked position is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t);
-    every one of them at the last step.
-    """
-    masked = z == mask_id
+
+def reveal_counts(masked: torch.Tensor, p_reveal: float, last: bool, tokens_per_step: int) -> torch.Tensor:
+    """How many positions each row reveals in a count-based rule.  masked [N, L] bool -> [N]"""
+    n = masked.sum(-1)
     if last:
-        return masked
-    p_unmask = (alpha_s - alpha_t) / (1 - alpha_t)
-    return masked & (uniform_draws(z.shape, generator, z.device, torch.float64) < p_unmask)
+        return n
+    if tokens_per_step:
+        return n.clamp_max(tokens_per_step)
+    return torch.round(n.double() * p_reveal).long()
+
+
+def top_ranked(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The ``counts[i]`` eligible positions of row i with the highest scores.  -> bool [N, L]"""
+    scores = torch.where(eligible, scores, -math.inf)
+    ranks = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
+    return eligible & (ranks < counts[:, None])
+
+
+class Denoise:
+    """Calls the denoiser (with CFG when asked) on chosen rows and counts network evaluations."""
+
+    def __init__(self, model, options: SamplerOptions, prompt: torch.Tensor | None):
+        self.model, self.options, self.prompt = model, options, prompt
+        self.nfe = 0
+
+    def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float) -> torch.Tensor:
+        """Logits [len(rows), L, V] for z[rows] at time t."""
+        z = z[rows]
+        times = torch.full((z.shape[0],), t, device=z.device)
+        self.nfe += 1
+        with torch.no_grad():
+            if self.options.cfg == 0 or self.prompt is None:
+                return self.model.denoiser(z, times).double()
+            # unconditional pass: the same sequences with the prompt masked; both in one batch
+            unconditional = torch.where(self.prompt[rows], self.model.mask_id, z)
+            both = self.model.denoiser(torch.cat([z, unconditional]), torch.cat([times, times])).double()
+            cond, uncond = both.chunk(2)
+            return uncond + (self.options.cfg + 1) * (cond - uncond)
 
 
 def iterate(
@@ -82,45 +254,108 @@ def iterate(
     num_samples: int,
     length: int,
     steps: int,
-    method: str = "ancestral",
     given: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    grid: str = "cosine",
-    temperature: float = 1.0,
     device=None,
-) -> Iterator[torch.Tensor]:
-    """Yield z after every step (the start first, then ``steps`` states); the last has no mask ids.
+    options: SamplerOptions | None = None,
+    **option_values,
+) -> Iterator[Step]:
+    """Yield the initial state and the state after every step; the last has no mask ids.
 
     ``model`` needs ``denoiser``, ``schedule`` and ``mask_id`` (a :class:`MaskedDiffusion`).
-    The denoiser only sees the sequences that reveal at least one token in a step, and is not
-    called at all in a step that reveals nothing.
+    ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
+    ``cfg`` those positions form the prompt that the unconditional pass masks.
+    Options are a :class:`SamplerOptions` or its fields as keywords.
     """
-    if method not in METHODS:
-        raise MaskdiffError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
-    if temperature < 0:
-        raise MaskdiffError(f"temperature must be >= 0, got {temperature}")
+    if options is None:
+        try:
+            options = SamplerOptions(**option_values)
+        except TypeError as err:
+            raise MaskdiffError(f"unknown sampler option: {err}") from None
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
-    times = time_grid(steps, grid)
-    alphas = model.schedule.alpha(times).tolist()
-    z = initial_state(num_samples, length, model.mask_id, given, device)
-    yield z
-    for i in range(steps):
-        reveal = unmask_decisions(z, alphas[i], alphas[i + 1], i == steps - 1, model.mask_id, generator)
-        rows = reveal.any(dim=1).nonzero().squeeze(1)
-        if rows.numel() > 0:
-            z = z.clone()
-            t = torch.full((rows.numel(),), float(times[i]), device=device)
-            with torch.no_grad():
-                logits = model.denoiser(z[rows], t)
-            proposal = categorical(logits, generator, temperature)
-            z[rows] = torch.where(reveal[rows], proposal, z[rows])
-        yield z
+    mask_id = model.mask_id
+    z = initial_state(num_samples, length, mask_id, given, device)
+    prompt = z != mask_id if given is not None else None
+    denoise = Denoise(model, options, prompt)
+    streams = SampleStreams(num_samples, generator, device)
+    all_rows = torch.arange(num_samples, device=device)
+    plan = block_plan(length, steps, options.block_size)
+    total = sum(block_steps for _, _, block_steps in plan)
+    index = 0
+    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool))
+    for block, (start, end, block_steps) in enumerate(plan):
+        scope = torch.zeros(length, dtype=torch.bool, device=device)
+        scope[start:end] = True
+        times = time_grid(block_steps, options.grid)
+        alphas = model.schedule.alpha(times).tolist()
+        for i in range(block_steps):
+            index += 1
+            p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
+            last = i == block_steps - 1
+            z, revealed = _step(z, scope, float(times[i]), p_reveal, last, options, denoise, streams, all_rows, mask_id)
+            if options.truncate_after_eos and last and block == len(plan) - 1:
+                z = fill_after_eos(z, options.eos_id)
+            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed)
+
+
+def _step(z, scope, t, p_reveal, last, options, denoise, streams, all_rows, mask_id):
+    """One reverse step of the chosen rule.  -> (new z, revealed positions)"""
+    n, length = z.shape
+    masked = (z == mask_id) & scope
+    # the same draws every step, whatever the rule needs and whether or not the network runs
+    u_reveal, u_value = streams.uniform(2 * length).view(n, 2, length).unbind(1)
+
+    def predict(rows):
+        logits = denoise(z, rows, t)
+        if options.eos_id is not None and options.min_length:
+            logits[:, : options.min_length, options.eos_id] = -math.inf
+        probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
+        values = categorical(probs, u_value[rows])
+        if options.temperature == 0:  # rank by the model's own probabilities, not the one-hot
+            probs = torch.softmax(logits, dim=-1)
+        confidence = probs.gather(-1, values.unsqueeze(-1)).squeeze(-1)
+        return values, confidence
+
+    method = options.method
+    if method in ("ancestral", "random"):
+        if method == "ancestral":
+            reveal = masked if last else masked & (u_reveal < p_reveal)
+        else:
+            reveal = top_ranked(u_reveal, masked, reveal_counts(masked, p_reveal, last, options.tokens_per_step))
+        rows = all_rows[reveal.any(-1)] if options.cache else all_rows
+        if rows.numel() == 0:
+            return z, reveal
+        values = torch.zeros_like(z)
+        values[rows] = predict(rows)[0]
+    else:
+        rows = all_rows[masked.any(-1)] if options.cache else all_rows
+        if rows.numel() == 0:
+            return z, torch.zeros_like(masked)
+        values = torch.zeros_like(z)
+        confidence = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
+        values[rows], confidence[rows] = predict(rows)
+        if method == "mean":
+            reveal = masked if last else masked & (u_reveal < p_reveal)
+        elif method == "low_confidence":
+            reveal = top_ranked(confidence, masked, reveal_counts(masked, p_reveal, last, options.tokens_per_step))
+        else:  # threshold: everything confident enough, and at least the most confident position
+            most = top_ranked(confidence, masked, masked.any(-1).long())
+            reveal = masked if last else masked & ((confidence >= options.threshold) | most)
+    return torch.where(reveal, values, z), reveal
+
+
+def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Every position after the first eos becomes eos, so decoding can cut the text there.  [N, L]"""
+    is_eos = (z == eos_id).long()
+    after = (is_eos.cumsum(-1) - is_eos) > 0
+    return torch.where(after, eos_id, z)
 
 
 def sample(model, num_samples: int, length: int, steps: int, **options) -> torch.Tensor:
     """The final state of :func:`iterate`.  -> LongTensor [num_samples, length]"""
-    z = None
-    for z in iterate(model, num_samples, length, steps, **options):
+    step = None
+    for step in iterate(model, num_samples, length, steps, **options):
         pass
-    return z
+    return step.z
+
