@@ -12,6 +12,11 @@ SMALL = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "dat
          "--set", "train.eval_every=3", "--set", "train.log_every=2", "--set", "train.precision=fp32"]
 
 
+def texts_of(stdout: str) -> list[str]:
+    """The samples `maskdiff sample` printed (separated by a line of dashes)."""
+    return stdout[:-1].split("\n" + "-" * 40 + "\n")
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -30,7 +35,7 @@ def trained(corpus_file, tmp_path, capsys):
 def test_train_sample_eval_end_to_end(trained, capsys, corpus_file):
     code, out, err = run(capsys, "sample", "--checkpoint", str(trained), "--num-samples", "2", "--length", "20", "--steps", "8", "--quiet")
     assert code == 0
-    texts = out.strip().split("\n" + "-" * 40 + "\n")
+    texts = texts_of(out)
     assert len(texts) == 2 and all(len(t) == 20 for t in texts)
     assert "tokens/s" in err
 
@@ -134,3 +139,31 @@ def test_parser_lists_all_subcommands():
     help_text = build_parser().format_help()
     for command in ("train", "sample", "eval", "presets"):
         assert command in help_text
+
+
+def test_sample_with_prompt_infill_rules_and_cfg(trained, capsys):
+    base = ["sample", "--checkpoint", str(trained), "--num-samples", "2", "--steps", "6", "--quiet"]
+    code, out, err = run(capsys, *base, "--length", "16", "--prompt", "The ", "--method", "low_confidence", "--cfg", "1.5")
+    assert code == 0 and all(t.startswith("The ") and len(t) == 16 for t in texts_of(out))
+    assert "network evaluations" in err
+    code, out, _ = run(capsys, *base, "--infill", "the [[5]] and [[3]].", "--method", "threshold", "--block-size", "4")
+    assert code == 0 and all(t.startswith("the ") and t.endswith(".") and len(t) == 18 and t[9:14] == " and " for t in texts_of(out))
+    code, out, _ = run(capsys, *base, "--length", "12", "--top-k", "3", "--top-p", "0.9", "--temperature", "0.7", "--grid", "uniform")
+    assert code == 0
+
+
+def test_sample_bad_input_is_a_clear_error(trained, capsys):
+    base = ["sample", "--checkpoint", str(trained), "--quiet"]
+    cases = [
+        (["--length", "4", "--prompt", "far too long a prompt"], "more than the sequence length"),
+        (["--prompt", "ωμέγα"], "not in the vocabulary"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--cfg", "2"], "needs a prompt"),
+        (["--infill", "no slots here"], "no [[N]] slot"),
+        (["--eos", "ab"], "exactly one token"),
+    ]
+    for extra, message in cases:
+        code, _, err = run(capsys, *base, *extra)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, (extra, err)
