@@ -28,7 +28,8 @@ Sizes: ``tiny`` (the tiny preset: 4 layers, width 128, 128 tokens), ``5M`` (6 la
 Shared machines: OpenMP threads slow down by far more than 2x when another process wants the
 same cores. The script measures the CPU time other processes use during every timed step
 (Linux /proc/stat), waits up to ``--wait-quiet`` seconds for a quiet machine before each
-measurement, and computes the throughput from the uncontended steps only ("clean" steps).
+measurement, replaces contended steps with extra ones for up to ``--max-time`` seconds per size,
+and computes the throughput from the uncontended ("clean") steps only.
 
 Run from the repository root (maskdiff must be importable, e.g. ``pip install -e .``):
 
@@ -296,9 +297,13 @@ def benchmark_training(args, size: str, time_conditioning: bool, device, precisi
     sync()
     wait_for_quiet(f"timing {size}", args.wait_quiet)
     start = time.perf_counter()
-    while len(result.records) < args.max_steps and (
-        len(result.clean) < args.steps or time.perf_counter() - start < args.min_time
-    ):
+    def more() -> bool:
+        elapsed, done = time.perf_counter() - start, len(result.records)
+        if done < args.steps or elapsed < args.min_time:
+            return True
+        return len(result.clean) < args.steps and elapsed < args.max_time  # extra steps to replace contended ones
+
+    while more():
         timer = PhaseTimer() if device.type == "cpu" else None  # on a GPU, phase timers would need syncs
         load, t0 = OtherLoad().start(), time.perf_counter()
         step(batches[len(result.records) % len(batches)], timer or no_marks)
@@ -380,7 +385,7 @@ def print_results(results: list[Result], peaks: dict, threads: int, warmup: int)
     print("  and adaLN counted once per sequence (flops_per_token counts them per token: inflated with t-cond on).")
 
     if any(r.records[0].phases for r in results):
-        print("\nWhere a step goes (ms per step, wall clock, un-profiled, clean steps)")
+        print("\nWhere a step goes (mean ms per step, wall clock, un-profiled, clean steps)")
         rows = []
         for r in results:
             used = r.used
@@ -399,7 +404,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="tiny,5M,25M", help=f"comma-separated sizes from {', '.join(SIZES)}")
     parser.add_argument("--steps", type=int, default=5, help="minimum clean (uncontended) timed steps per size")
     parser.add_argument("--min-time", type=float, default=3.0, help="minimum timed seconds per size")
-    parser.add_argument("--max-steps", type=int, default=12, help="stop timing a size after this many steps, clean or not")
+    parser.add_argument("--max-time", type=float, default=60.0,
+                        help="seconds after which a size stops timing extra steps meant to replace contended ones")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence [default: the preset's, 128 for tiny, 256 otherwise]")
@@ -422,7 +428,6 @@ def parse_args() -> argparse.Namespace:
     unknown = [s for s in args.sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
-    args.max_steps = max(args.max_steps, args.steps)
     return args
 
 
