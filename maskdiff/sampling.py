@@ -10,8 +10,9 @@ top-p). The rules:
 - ``ancestral``: MD4's reverse process. From t to s each masked position is revealed with
   probability (alpha_s - alpha_t) / (1 - alpha_t). Which positions are revealed does not depend
   on the network, so a step that reveals nothing does not call it.
-- ``mean``: the same transition drawn in MD4's two-step order (a value for every masked
-  position first, then the reveal decisions); same distribution, always calls the network.
+- ``mean``: the same transition in MD4's two-step form (a value for every masked position
+  first, then the reveal decisions). It has the same distribution, and with maskdiff's
+  random streams even the same samples, but calls the network whenever anything is masked.
 - ``low_confidence``: MaskGIT/LLaDA remasking. Draw values for all masked positions and reveal
   the k with the highest predicted probability; k is the number the schedule expects
   (rounded) or ``tokens_per_step``.
@@ -318,30 +319,31 @@ def _step(z, scope, t, p_reveal, last, options, denoise, streams, all_rows, mask
         return values, confidence
 
     method = options.method
-    if method in ("ancestral", "random"):
-        if method == "ancestral":
-            reveal = masked if last else masked & (u_reveal < p_reveal)
-        else:
-            reveal = top_ranked(u_reveal, masked, reveal_counts(masked, p_reveal, last, options.tokens_per_step))
-        rows = all_rows[reveal.any(-1)] if options.cache else all_rows
-        if rows.numel() == 0:
-            return z, reveal
-        values = torch.zeros_like(z)
-        values[rows] = predict(rows)[0]
+    # rows that may reveal something: a row whose rule reveals nothing skips the network
+    if method in ("ancestral", "mean"):
+        chosen = masked if last else masked & (u_reveal < p_reveal)
+        active = chosen.any(-1) if method == "ancestral" else masked.any(-1)
+    elif method in ("random", "low_confidence"):
+        counts = reveal_counts(masked, p_reveal, last, options.tokens_per_step)
+        active = counts > 0
     else:
-        rows = all_rows[masked.any(-1)] if options.cache else all_rows
-        if rows.numel() == 0:
-            return z, torch.zeros_like(masked)
-        values = torch.zeros_like(z)
-        confidence = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
-        values[rows], confidence[rows] = predict(rows)
-        if method == "mean":
-            reveal = masked if last else masked & (u_reveal < p_reveal)
-        elif method == "low_confidence":
-            reveal = top_ranked(confidence, masked, reveal_counts(masked, p_reveal, last, options.tokens_per_step))
-        else:  # threshold: everything confident enough, and at least the most confident position
-            most = top_ranked(confidence, masked, masked.any(-1).long())
-            reveal = masked if last else masked & ((confidence >= options.threshold) | most)
+        active = masked.any(-1)
+    rows = all_rows[active] if options.cache else all_rows
+    if rows.numel() == 0:
+        return z, torch.zeros_like(masked)
+    values = torch.zeros_like(z)
+    confidence = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
+    values[rows], confidence[rows] = predict(rows)
+
+    if method in ("ancestral", "mean"):
+        reveal = chosen
+    elif method == "random":
+        reveal = top_ranked(u_reveal, masked, counts)
+    elif method == "low_confidence":
+        reveal = top_ranked(confidence, masked, counts)
+    else:  # threshold: everything confident enough, and at least the most confident position
+        most = top_ranked(confidence, masked, masked.any(-1).long())
+        reveal = masked if last else masked & ((confidence >= options.threshold) | most)
     return torch.where(reveal, values, z), reveal
 
 
