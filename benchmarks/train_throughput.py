@@ -143,10 +143,11 @@ def matmul_gflops(n: int, dtype: torch.dtype, device: torch.device, warmup: int,
 def matmul_peaks(device: torch.device) -> dict[str, tuple[float, int]]:
     """Best GFLOP/s and the size reaching it, for fp32 and bf16: {"fp32": (gflops, n), "bf16": ...}."""
     slow_bf16 = device.type == "cpu" and not cpu_has_fast_bf16()
+    sizes = (4096, 8192) if device.type == "cuda" else (1024, 2048)
     plans = {  # dtype, sizes, warm-up calls, seconds per size
-        "fp32": (torch.float32, (1024, 2048), 2, 0.5),
+        "fp32": (torch.float32, sizes, 2, 0.5),
         # emulated bf16 runs at ~1 GFLOP/s: one 256^3 matmul already takes ~25 ms
-        "bf16": (torch.bfloat16, (256,), 1, 0.05) if slow_bf16 else (torch.bfloat16, (1024, 2048), 2, 0.5),
+        "bf16": (torch.bfloat16, (256,), 1, 0.05) if slow_bf16 else (torch.bfloat16, sizes, 2, 0.5),
     }
     return {
         name: max((matmul_gflops(n, dtype, device, warmup, min_time), n) for n in sizes)
@@ -188,6 +189,7 @@ class TrainStep:
 
     def __call__(self, x0: torch.Tensor, mark=no_marks) -> None:
         with mark("forward+loss"), autocast(self.device, self.precision):
+            # the trainer calls model(x0, generator=...), i.e. forward(), which is train_loss
             loss = self.model.train_loss(x0, generator=self.noise).mean() / self.seq_len  # nats per token
         with mark("backward"):
             loss.backward()
@@ -297,6 +299,7 @@ def benchmark_training(args, size: str, time_conditioning: bool, device, precisi
     sync()
     wait_for_quiet(f"timing {size}", args.wait_quiet)
     start = time.perf_counter()
+
     def more() -> bool:
         elapsed, done = time.perf_counter() - start, len(result.records)
         if done < args.steps or elapsed < args.min_time:
@@ -347,6 +350,10 @@ def profile_steps(step: TrainStep, batches: list, steps: int, rows: int, device:
 
 
 # ---------------------------------------------------------------------------- reporting
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
@@ -364,7 +371,7 @@ def reference(result: Result, threads: int) -> str:
 
 
 def print_results(results: list[Result], peaks: dict, threads: int, warmup: int) -> None:
-    print(f"\nTraining throughput (AdamW + clip + EMA, {threads} threads, after {warmup} warm-up steps)")
+    print(f"\nTraining throughput (AdamW + clip + EMA, {plural(threads, 'thread')}, after {plural(warmup, 'warm-up step')})")
     headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "clean/steps", "step ms", "tokens/s",
                "MFLOP/tok", "GFLOP/s", "MFU", "MFU†", "DESIGN ref (ours/ref)"]
     rows = []
@@ -424,6 +431,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=3, help="steps traced by --profile")
     parser.add_argument("--profile-rows", type=int, default=25, help="ops listed by --profile")
     args = parser.parse_args()
+    args.steps = max(1, args.steps)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in args.sizes if s not in SIZES]
     if unknown:
@@ -439,7 +447,7 @@ def main() -> None:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     fast_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
-    print(f"torch {torch.__version__}, device {device}, {threads} threads, native bf16: {'yes' if fast_bf16 else 'no'}")
+    print(f"torch {torch.__version__}, device {device}, {plural(threads, 'thread')}, native bf16: {'yes' if fast_bf16 else 'no'}")
 
     peaks = {}
     if not args.skip_peak:
@@ -467,7 +475,7 @@ def main() -> None:
             print(f"  {label}: {len(result.clean)}/{len(result.records)} clean steps, {result.tokens_per_s:,.0f} tokens/s "
                   f"({time.perf_counter() - t0:.0f} s with warm-up)", flush=True)
             if args.profile:
-                print(f"\nProfile of {label}, {args.profile_steps} steps")
+                print(f"\nProfile of {label}, {plural(args.profile_steps, 'step')}")
                 profile_steps(step, batches, args.profile_steps, args.profile_rows, device, args.wait_quiet)
                 print()
             del step, batches
