@@ -7,7 +7,7 @@ What it measures
      (256x256) bf16 matmul is timed there.
   2. The real maskdiff training step for a few model sizes, as maskdiff/training.py runs it:
      ``build_model`` from a preset (plus overrides), ``make_optimizer`` (AdamW), the LambdaLR
-     warm-up/cosine schedule, an ``AveragedModel`` EMA with ``ema_with_warmup``, the loss
+     warm-up/cosine schedule, the ``EMA`` of maskdiff/ema.py, the loss
      ``model.train_loss(x0, generator).mean() / seq_len`` under ``maskdiff.hardware.autocast``
      with the precision from ``resolve_precision``, backward, gradient clipping, optimizer step
      and EMA update (grad_accum = 1). Batches are random token ids (vocabulary 84, the size of
@@ -50,12 +50,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from maskdiff.hardware import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision
 from maskdiff.models import build_model
 from maskdiff.presets import get_preset
-from maskdiff.training import ema_with_warmup, lr_factor, make_optimizer
+from maskdiff.ema import EMA
+from maskdiff.training import lr_factor, make_optimizer
 
 # name -> (preset, overrides). The preset fixes seq_len (tiny: 128, small: 256) unless --seq-len is given.
 SIZES: dict[str, tuple[str, list[str]]] = {
@@ -180,7 +180,7 @@ class TrainStep:
             self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         )
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True) if tc.ema_decay else None
+            EMA(self.model, tc.ema_decay) if tc.ema_decay else None
         )
         self.grad_clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
         self.noise = torch.Generator(device=device).manual_seed(tc.seed + 2)
@@ -202,7 +202,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             with mark("ema"):
-                self.ema.update_parameters(self.model)
+                self.ema.update(self.model)
 
 
 class PhaseTimer:
@@ -235,7 +235,6 @@ class Result:
     batch: int
     seq_len: int
     flops_per_token: float  # Transformer.flops_per_token(seq_len)
-    executed_flops_per_token: float  # the same with per-sequence layers (time MLP, adaLN) counted once per sequence
     records: list[StepRecord] = field(default_factory=list)
 
     @property
@@ -254,14 +253,6 @@ class Result:
     @property
     def median_step(self) -> float:
         return statistics.median(r.seconds for r in self.used)
-
-
-def executed_flops_per_token(denoiser, seq_len: int) -> float:
-    """``flops_per_token`` counts 6 FLOPs per parameter per token, but the time MLP and the adaLN
-    modulations act on one vector per *sequence*: count those parameters once per sequence."""
-    per_sequence = [denoiser.time_embed, denoiser.final_modulation, *(b.modulation for b in denoiser.blocks)]
-    n = sum(p.numel() for m in per_sequence if m is not None for p in m.parameters())
-    return denoiser.flops_per_token(seq_len) - 6 * n * (1 - 1 / seq_len)
 
 
 def build_config(size: str, time_conditioning: bool, seq_len: int | None, batch: int, extra: list[str]):
@@ -290,7 +281,6 @@ def benchmark_training(args, size: str, time_conditioning: bool, device, precisi
         batch=args.batch,
         seq_len=cfg.data.seq_len,
         flops_per_token=denoiser.flops_per_token(cfg.data.seq_len),
-        executed_flops_per_token=executed_flops_per_token(denoiser, cfg.data.seq_len),
     )
     batches = random_batches(4, args.batch, cfg.data.seq_len, args.vocab, device)
     sync = synchronizer(device)
@@ -373,23 +363,22 @@ def reference(result: Result, threads: int) -> str:
 def print_results(results: list[Result], peaks: dict, threads: int, warmup: int) -> None:
     print(f"\nTraining throughput (AdamW + clip + EMA, {plural(threads, 'thread')}, after {plural(warmup, 'warm-up step')})")
     headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "clean/steps", "step ms", "tokens/s",
-               "MFLOP/tok", "GFLOP/s", "MFU", "MFU†", "DESIGN ref (ours/ref)"]
+               "MFLOP/tok", "GFLOP/s", "MFU", "DESIGN ref (ours/ref)"]
     rows = []
     for r in results:
         peak = peaks.get(r.precision, (math.nan, 0))[0]
         achieved = r.tokens_per_s * r.flops_per_token / 1e9
-        executed = r.tokens_per_s * r.executed_flops_per_token / 1e9
         rows.append([
             r.size, f"{r.params / 1e6:.2f}M", r.shape, "on" if r.time_conditioning else "off", r.precision,
             f"{r.batch} x {r.seq_len}", f"{len(r.clean)}/{len(r.records)}", f"{r.median_step * 1e3:,.0f}",
             f"{r.tokens_per_s:,.0f}", f"{r.flops_per_token / 1e6:.1f}", f"{achieved:,.1f}",
-            f"{achieved / peak:.0%}" if peaks else "-", f"{executed / peak:.0%}" if peaks else "-", reference(r, threads),
+            f"{achieved / peak:.0%}" if peaks else "-", reference(r, threads),
         ])
     print_table(headers, rows)
     print("params: non-embedding (flops_per_token counts 6 per parameter); MFLOP/tok: Transformer.flops_per_token;")
     print("clean/steps: timed steps without other processes on the cores (only those count, unless none is clean);")
-    print("step ms: median; MFU: achieved / peak matmul of the precision in use; MFU†: the same with the time MLP")
-    print("  and adaLN counted once per sequence (flops_per_token counts them per token: inflated with t-cond on).")
+    print("step ms: median; MFU: achieved / peak matmul of the precision in use (time-conditioning weights count")
+    print("  once per sequence, as they run).")
 
     if any(r.records[0].phases for r in results):
         print("\nWhere a step goes (mean ms per step, wall clock, un-profiled, clean steps)")

@@ -70,7 +70,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+        return self.dropout(self.down(F.gelu(self.up(x))))
 
 
 class Block(nn.Module):
@@ -156,5 +156,12 @@ class Transformer(nn.Module):
         return n - self.embed.weight.numel() if non_embedding else n
 
     def flops_per_token(self, length: int) -> float:
-        """Training FLOPs per token (forward + backward): 6 N plus attention scores 12 n_layers L d."""
-        return 6 * self.num_parameters() + 12 * self.cfg.n_layers * length * self.cfg.d_model
+        """Training FLOPs per token (forward + backward) at sequence length ``length``.
+
+        6 per weight that touches every token, plus the attention scores (12 n_layers L d); the
+        time-conditioning weights run once per sequence, so they count 1/L per token.
+        """
+        per_sequence = [self.time_embed, self.final_modulation] + [b.modulation for b in self.blocks]
+        n_sequence = sum(p.numel() for m in per_sequence if m is not None for p in m.parameters())
+        n_token = self.num_parameters() - n_sequence
+        return 6 * (n_token + n_sequence / length) + 12 * self.cfg.n_layers * length * self.cfg.d_model
