@@ -15,7 +15,7 @@ def tiny() -> RunConfig:
         model=ModelConfig(n_layers=4, d_model=128, n_heads=4),
         diffusion=DiffusionConfig(schedule="linear"),
         data=DataConfig(seq_len=128),
-        train=TrainConfig(steps=600, batch_size=32, lr=2e-3, warmup_steps=50, eval_every=200, checkpoint_every=200),
+        train=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, eval_every=200, checkpoint_every=200),
     )
 
 
