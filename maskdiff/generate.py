@@ -118,5 +118,5 @@ def decode(tokenizer, ids: list[int], cut_at: int | None = None) -> str:
 
 
 def decode_partial(tokenizer, ids: list[int], mask_id: int) -> str:
-    """Decode ids that may hold the mask id, shown as an underscore."""
-    return "".join(MASK_CHAR if i == mask_id else tokenizer.decode([i]) for i in ids)
+    """One display line for ids that may hold the mask id: masks as underscores, newlines as ↵."""
+    return "".join(MASK_CHAR if i == mask_id else tokenizer.decode([i]) for i in ids).replace("\n", "↵")
