@@ -10,15 +10,20 @@ A run folder is self-describing; its config, tokenizer and weights rebuild the m
     RUN/checkpoints/step-000500/model.safetensors   raw weights
                                 ema.safetensors     EMA weights (used by eval and sample)
                                 state.pt            optimizer, LR schedule, step, RNG and data position
+                                manifest.json       size and sha256 of each file above
 
 A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so an
 interrupted save never leaves a half-written checkpoint where a later command would read it.
+Loading checks the manifest and falls back to the newest checkpoint that is intact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +38,11 @@ from maskdiff.tokenizer import CharTokenizer, load_tokenizer
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
+MANIFEST = "manifest.json"  # size and sha256 of every file of a checkpoint
+
+
+def warn(message: str) -> None:
+    print(f"maskdiff: warning: {message}", file=sys.stderr)
 
 
 def checkpoint_name(step: int) -> str:
@@ -60,6 +70,14 @@ def _state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -68,28 +86,60 @@ def save_checkpoint(
     state: dict,
     keep: int,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, point LATEST at it and keep only the newest ``keep``."""
+    """Write checkpoint ``step`` atomically, point LATEST at it and keep only the newest ``keep``.
+
+    A failure while writing (disk full, permissions) removes the partial files and raises a
+    :class:`MaskdiffError`; the checkpoints written before stay as they were.
+    """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{checkpoint_name(step)}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_state_dict_for_saving(model), tmp / "model.safetensors")
-    if ema is not None:
-        save_file(_state_dict_for_saving(ema), tmp / "ema.safetensors")
-    torch.save(state, tmp / "state.pt")
-    for file in tmp.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    _write_atomically(root / LATEST, final.name + "\n")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(_state_dict_for_saving(model), tmp / "model.safetensors")
+        if ema is not None:
+            save_file(_state_dict_for_saving(ema), tmp / "ema.safetensors")
+        torch.save(state, tmp / "state.pt")
+        manifest = {f.name: {"bytes": f.stat().st_size, "sha256": file_digest(f)} for f in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        for file in tmp.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        _write_atomically(root / LATEST, final.name + "\n")
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir, verify=False)
+        kept = f"; the previous checkpoint {previous} is intact" if previous else ""
+        reason = getattr(err, "strerror", None) or str(err)
+        raise MaskdiffError(f"could not write checkpoint {final}: {reason}{kept}") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files (missing, truncated, altered), or None if nothing."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "its manifest is missing"
+    except (OSError, ValueError):
+        return "its manifest is unreadable"
+    for name, expected in manifest.items():
+        file = checkpoint / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes instead of {expected['bytes']}"
+        if file_digest(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -100,16 +150,26 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint LATEST names (or the newest complete one), or None."""
+def latest_checkpoint(run_dir: Path, verify: bool = False) -> Path | None:
+    """The checkpoint LATEST names (else the newest one), or None.
+
+    With ``verify``, checkpoints whose files fail their checksums are skipped with a warning
+    and the newest good one is returned.
+    """
     root = Path(run_dir) / CHECKPOINTS
+    candidates = list(reversed(list_checkpoints(run_dir)))
     pointer = root / LATEST
     if pointer.is_file():
         named = root / pointer.read_text().strip()
-        if named.is_dir():
-            return named
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+    for checkpoint in candidates:
+        problem = verify_checkpoint(checkpoint) if verify else None
+        if problem is None:
+            return checkpoint
+        warn(f"checkpoint {checkpoint} is damaged ({problem}); falling back to the one before")
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -119,10 +179,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         raise MaskdiffError(f"checkpoint folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise MaskdiffError(f"{str(path)!r} is not a folder; pass a run folder or one of its checkpoints")
-    if (path / "state.pt").is_file() or (path / "model.safetensors").is_file():
+    if (path / MANIFEST).is_file() or (path / "model.safetensors").is_file():
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise MaskdiffError(f"checkpoint {str(path)!r} is damaged: {problem}")
         return path.parent.parent, path
-    checkpoint = latest_checkpoint(path)
+    checkpoint = latest_checkpoint(path, verify=True)
     if checkpoint is None:
+        if list_checkpoints(path):
+            raise MaskdiffError(f"every checkpoint in {str(path)!r} is damaged")
         raise MaskdiffError(f"{str(path)!r} holds no checkpoint (expected {CHECKPOINTS}/step-*/ inside a run folder)")
     return path, checkpoint
 

@@ -29,6 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ handlers
 def cmd_train(args) -> int:
+    from maskdiff.checkpoint import latest_checkpoint
     from maskdiff.config import RunConfig
     from maskdiff.presets import get_preset
     from maskdiff.training import train
@@ -36,10 +37,15 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
-    if args.resume:
+    resume = args.resume == "yes"
+    if args.resume == "auto":  # continue the run in --out if it has a checkpoint, else start it
+        if args.out is None:
+            raise MaskdiffError("--resume auto needs --out DIR")
+        resume = latest_checkpoint(Path(args.out)) is not None
+    if resume:
         if args.out is None:
             raise MaskdiffError("--resume needs --out DIR, the run folder to continue")
-        if args.preset is not None:
+        if args.preset is not None and args.resume != "auto":
             raise MaskdiffError("--resume continues the run's own config; drop --preset (use --set to change values)")
         cfg = RunConfig.load(Path(args.out) / "config.json")
         run_dir = Path(args.out)
@@ -47,8 +53,14 @@ def cmd_train(args) -> int:
         cfg = get_preset(args.preset or "tiny")
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = cfg.with_overrides(overrides)
-    result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    result = train(cfg, run_dir, resume=resume, progress=not args.quiet)
     if not result.is_main:
+        return 0
+    if result.stopped_by is not None:
+        print(
+            f"stopped by {result.stopped_by} after step {result.steps}; checkpoint: {result.checkpoint}\n"
+            f"resume with: maskdiff train --out {result.run_dir} --resume"
+        )
         return 0
     v = result.valid
     print(
@@ -161,7 +173,10 @@ def build_parser() -> Parser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument(
+        "--resume", nargs="?", const="yes", choices=("yes", "auto"),
+        help="continue the run in --out from its newest intact checkpoint; '--resume auto' starts the run if it has none",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
 

@@ -114,13 +114,14 @@ class TrainConfig(Section):
     eval_sequences: int = option(64, "validation sequences used by periodic evaluation")
     checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = option(3, "how many recent checkpoints to keep")
+    max_bad_steps: int = option(10, "stop after this many steps in a row with a non-finite loss or gradient")
     seed: int = option(0, "seed of the model initialisation, data order and masking noise")
     precision: str = option("auto", "auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32")
     device: str = option("auto", "auto, cpu or cuda")
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_sequences", "keep_checkpoints", "checkpoint_every"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_sequences", "keep_checkpoints", "checkpoint_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1")
         for name in ("warmup_steps", "eval_every"):

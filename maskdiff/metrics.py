@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-COLUMNS = ("step", "tokens", "lr", "train_loss", "train_bits", "grad_norm", "tokens_per_s", "valid_bits")
+COLUMNS = ("step", "tokens", "lr", "train_loss", "train_bits", "grad_norm", "tokens_per_s", "skipped_steps", "valid_bits")
 
 
 class MetricsLog:
@@ -33,7 +33,7 @@ class MetricsLog:
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(r for r in rows if int(r["step"]) <= step)
+            writer.writerows(r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step)
 
     def log(self, step: int, **values: float) -> None:
         row = {"step": step, **{k: f"{v:.6g}" for k, v in values.items()}}

@@ -27,6 +27,7 @@ from maskdiff.ema import EMA
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import EvalResult, evaluate_nelbo
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
+from maskdiff.interrupt import StopRequest
 from maskdiff.metrics import MetricsLog, plot_loss
 from maskdiff.models import build_model
 from maskdiff.tokenizer import load_tokenizer
@@ -40,10 +41,11 @@ class TrainResult:
     checkpoint: Path
     steps: int
     final_train_bits: float
-    valid: EvalResult
+    valid: EvalResult | None  # None when the run was stopped early
     tokens_per_s: float
     is_main: bool = True  # False on the other processes of a torchrun job
     unit: str = "token"  # what one token is: "char" for character models
+    stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -129,7 +131,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
 
     step = 0
     if resume:
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = latest_checkpoint(run_dir, verify=True)
+        if checkpoint is None:
+            raise MaskdiffError(f"cannot resume: every checkpoint in {str(run_dir)!r} is damaged")
         state = load_state(checkpoint)
         saved_world = len(state["data"])
         if saved_world != ctx.world_size:
@@ -170,72 +174,99 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     model.train()
     loss_sum = torch.zeros((), device=device)
     # throughput counts training only: time spent in evaluation and checkpointing is set aside
-    window_start, window_steps, window_tokens_per_s, set_aside = time.perf_counter(), 0, 0.0, 0.0
+    window_start, window_steps, window_good, window_tokens_per_s, set_aside = time.perf_counter(), 0, 0, 0.0, 0.0
     last_bits = float("nan")
+    bad_in_a_row, skipped = 0, state.get("skipped_steps", 0) if resume else 0
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     checkpoint = latest_checkpoint(run_dir)
-    try:
-        while step < tc.steps:
-            for micro in range(tc.grad_accum):
-                x0 = next(crops).to(device, non_blocking=True)
-                # DDP averages gradients once per optimizer step, on the last micro-batch
-                sync = micro == tc.grad_accum - 1 or not ctx.active
-                with contextlib.nullcontext() if sync else trained.no_sync():
-                    with autocast(device, precision):
-                        loss = trained(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
-                    (loss / tc.grad_accum).backward()
-                loss_sum += loss.detach() / tc.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            window_steps += 1
-            bar.update()
+    stop = StopRequest()
+    with stop:
+        try:
+            while step < tc.steps:
+                step_loss = torch.zeros((), device=device)
+                for micro in range(tc.grad_accum):
+                    x0 = next(crops).to(device, non_blocking=True)
+                    # DDP averages gradients once per optimizer step, on the last micro-batch
+                    sync = micro == tc.grad_accum - 1 or not ctx.active
+                    with contextlib.nullcontext() if sync else trained.no_sync():
+                        with autocast(device, precision):
+                            loss = trained(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
+                        (loss / tc.grad_accum).backward()
+                    step_loss += loss.detach() / tc.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                # a non-finite loss or gradient skips the update (same decision on every process:
+                # the gradients were averaged); too many in a row stop the run
+                if torch.isfinite(grad_norm) and torch.isfinite(distributed.mean(step_loss, ctx)):
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                    loss_sum += step_loss
+                    window_good += 1
+                    bad_in_a_row = 0
+                else:
+                    bad_in_a_row += 1
+                    skipped += 1
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        raise MaskdiffError(
+                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (up to step {step + 1}); "
+                            f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
+                        )
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window_steps += 1
+                bar.update()
 
-            if step % tc.log_every == 0 or step == tc.steps:
-                elapsed = time.perf_counter() - window_start - set_aside
-                window_tokens_per_s = window_steps * tokens_per_step / elapsed
-                train_loss = distributed.mean(loss_sum, ctx).item() / window_steps
-                last_bits = train_loss / math.log(2)
-                if log is not None:
-                    log.log(
-                        step,
-                        tokens=step * tokens_per_step,
-                        lr=scheduler.get_last_lr()[0],
-                        train_loss=train_loss,
-                        train_bits=last_bits,
-                        grad_norm=float(grad_norm),
-                        tokens_per_s=window_tokens_per_s,
-                    )
-                bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window_tokens_per_s:,.0f}"})
-                loss_sum.zero_()
-                window_start, window_steps, set_aside = time.perf_counter(), 0, 0.0
+                if step % tc.log_every == 0 or step == tc.steps:
+                    elapsed = time.perf_counter() - window_start - set_aside
+                    window_tokens_per_s = window_steps * tokens_per_step / elapsed
+                    train_loss = distributed.mean(loss_sum, ctx).item() / max(1, window_good)
+                    last_bits = train_loss / math.log(2)
+                    if log is not None:
+                        log.log(
+                            step,
+                            tokens=step * tokens_per_step,
+                            lr=scheduler.get_last_lr()[0],
+                            train_loss=train_loss,
+                            train_bits=last_bits,
+                            grad_norm=float(grad_norm),
+                            tokens_per_s=window_tokens_per_s,
+                            skipped_steps=skipped,
+                        )
+                    bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window_tokens_per_s:,.0f}"})
+                    loss_sum.zero_()
+                    window_start, window_steps, window_good, set_aside = time.perf_counter(), 0, 0, 0.0
 
-            pause = time.perf_counter()
-            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-                result = evaluate(valid[: tc.eval_sequences])
-                if log is not None:
-                    log.log(step, valid_bits=result.bits_per_token)
-                if progress:
-                    bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
+                pause = time.perf_counter()
+                stopping = not distributed.all_agree(stop.requested is None, ctx)
+                if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and not stopping:
+                    result = evaluate(valid[: tc.eval_sequences])
+                    if log is not None:
+                        log.log(step, valid_bits=result.bits_per_token)
+                    if progress:
+                        bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
 
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                state = checkpoint_state()
-                if ctx.is_main:
-                    ema_weights = ema.module if ema is not None else None
-                    checkpoint = save_checkpoint(run_dir, step, model, ema_weights, state, tc.keep_checkpoints)
-                distributed.barrier(ctx)
-            set_aside += time.perf_counter() - pause
-    finally:
-        bar.close()
+                if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
+                    state = checkpoint_state()
+                    state["skipped_steps"] = skipped
+                    if ctx.is_main:
+                        ema_weights = ema.module if ema is not None else None
+                        checkpoint = save_checkpoint(run_dir, step, model, ema_weights, state, tc.keep_checkpoints)
+                    distributed.barrier(ctx)
+                set_aside += time.perf_counter() - pause
+                if stopping:
+                    break
+        finally:
+            bar.close()
+            if log is not None and step < tc.steps:
+                log.close()
 
+    checkpoint = latest_checkpoint(run_dir) or checkpoint
+    if step < tc.steps:  # stopped by a signal, with a checkpoint of this very step
+        return TrainResult(run_dir, checkpoint, step, last_bits, None, window_tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
     final = evaluate(valid, show=progress)
     if log is not None:
         log.log(step, valid_bits=final.bits_per_token)
         log.close()
         plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
-    checkpoint = latest_checkpoint(run_dir) or checkpoint
     return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main, tokenizer.unit)
