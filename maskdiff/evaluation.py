@@ -49,6 +49,8 @@ def evaluate_nelbo(
     """
     if samples < 1:
         raise MaskdiffError(f"the number of Monte Carlo samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise MaskdiffError(f"batch size must be >= 1, got {batch_size}")
     if sequences.ndim != 2 or sequences.shape[0] == 0:
         raise MaskdiffError("nothing to evaluate: no complete sequence")
     device = next(model.parameters()).device

@@ -95,6 +95,17 @@ def bad_inputs(tmp_path, corpus_file):
         (["eval", "--checkpoint", str(tmp_path)], "holds no checkpoint"),
         (["sample", "--checkpoint", "x", "--steps", "many"], "invalid int value"),
         (["train", "--bogus"], "unrecognized arguments"),
+        (["train", "--resume", "sometimes", "--out", new], "invalid choice"),
+        (["train", "--resume", "--out", str(tmp_path)], "no config.json"),
+        (["train", "--set", "train.lr=nan", "--out", new], "finite"),
+        (["train", "--set", "model.d_model=-4", "--set", "train.batch_size=0", "--out", new], "train.batch_size must be >= 1"),
+        (["sample"], "required: --checkpoint"),
+        (["sample", "--checkpoint", str(tmp_path / "nowhere"), "--method", "best"], "invalid choice"),
+        (["eval"], "required: --checkpoint"),
+        (["eval", "--checkpoint", str(tmp_path / "nowhere"), "--samples", "x"], "invalid int value"),
+        (["presets", "--show", "nope"], "unknown preset"),
+        (["nonsense"], "invalid choice"),
+        ([], "required: COMMAND"),
     ]
 
 
@@ -110,6 +121,30 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path, corpus_file, capsy
         assert len(lines) == 1 and message in lines[0], (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_malformed_numbers_for_a_trained_run_are_clear_errors(trained, capsys):
+    cases = [
+        (["eval", "--samples", "0"], "samples must be >= 1"),
+        (["eval", "--timesteps", "0"], "timesteps must be >= 1"),
+        (["eval", "--batch-size", "0"], "batch size must be >= 1"),
+        (["eval", "--length", "0"], "length must be >= 1"),
+        (["eval", "--length", "100000"], "fewer than one sequence"),
+        (["sample", "--num-samples", "0"], "num_samples >= 1"),
+        (["sample", "--length", "0"], "length >= 1"),
+        (["sample", "--temperature", "-1"], "temperature must be >= 0"),
+        (["sample", "--block-size", "-2"], "block_size must be >= 0"),
+    ]
+    for extra, message in cases:
+        code, _, err = run(capsys, extra[0], "--checkpoint", str(trained), "--quiet", *extra[1:])
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (extra, err)
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    from maskdiff.errors import MaskdiffError
+
+    with pytest.raises(MaskdiffError):
+        main(["--debug", "eval", "--checkpoint", str(tmp_path / "none")])
 
 
 def test_eval_refuses_text_outside_the_vocabulary(trained, tmp_path, capsys):
