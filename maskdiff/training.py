@@ -105,12 +105,6 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
     tokenizer, splits = prepare_data(cfg.data, tokenizer)
     model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
-    distributed.barrier(ctx)  # every process has checked the folder before rank 0 writes to it
-    if ctx.is_main:
-        create_run_dir(run_dir)
-        if not resume:
-            tokenizer.save(run_dir / "tokenizer.json")
-        cfg.save(run_dir / "config.json")
     if progress:
         tqdm.write(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
@@ -150,6 +144,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         step = state["step"]
         if step >= tc.steps:
             raise MaskdiffError(f"the run already finished {step} of train.steps={tc.steps}; raise train.steps to go on")
+    # everything is checked: only now is anything written (a failed start changes nothing)
+    distributed.barrier(ctx)
+    if ctx.is_main:
+        create_run_dir(run_dir)
+        if not resume:
+            tokenizer.save(run_dir / "tokenizer.json")
+        cfg.save(run_dir / "config.json")
     trained = DistributedDataParallel(model) if ctx.active else model
 
     def evaluate(sequences: torch.Tensor, show: bool = False) -> EvalResult:

@@ -157,6 +157,7 @@ def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
     files = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
     assert run(capsys, "train", "--out", str(trained), "--quiet", *SMALL)[0] == 1  # refuses to overwrite
     assert run(capsys, "train", "--out", str(trained), "--resume", "--set", "train.lr=-1")[0] == 1
+    assert run(capsys, "train", "--out", str(trained), "--resume", "--set", "train.steps=3")[0] == 1  # already past it
     assert run(capsys, "eval", "--checkpoint", str(trained), "--samples", "0")[0] == 1
     after = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
     assert files == after
