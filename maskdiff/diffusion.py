@@ -10,7 +10,6 @@ any callable ``(z_t [B, L], t [B]) -> logits [B, L, V]``; it never predicts the 
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -149,13 +148,3 @@ class MaskedDiffusion(nn.Module):
         from maskdiff.sampling import sample as run_sampler
 
         return run_sampler(self, num_samples, length, steps, given=given, generator=generator, method=method, **rule_options)
-
-
-def bits_per_token(nats_per_sequence: torch.Tensor, tokens_per_sequence: int) -> torch.Tensor:
-    """NELBO in nats per sequence -> bits per token (bits/char, bits/dim)."""
-    return nats_per_sequence / (tokens_per_sequence * math.log(2))
-
-
-def perplexity_bound(nats_per_token: float) -> float:
-    """exp(NELBO / L): an upper bound on the perplexity."""
-    return math.exp(nats_per_token)
