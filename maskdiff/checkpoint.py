@@ -128,7 +128,8 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
     try:
         manifest = json.loads((checkpoint / MANIFEST).read_text())
     except FileNotFoundError:
-        return "its manifest is missing"
+        # written before checkpoints had manifests (renames are atomic, so not a partial save)
+        return None if (checkpoint / "model.safetensors").is_file() else "model.safetensors is missing"
     except (OSError, ValueError):
         return "its manifest is unreadable"
     for name, expected in manifest.items():

@@ -174,3 +174,10 @@ def test_resume_auto_starts_or_continues(corpus_file, tmp_path, capsys):
     assert main(argv + ["--set=train.steps=4"]) == 0
     assert "done: 4 steps" in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step-000004"
+
+
+def test_a_checkpoint_without_manifest_still_loads(run_with_two_checkpoints, capsys):
+    """Checkpoints written before manifests existed are used as they are, without warnings."""
+    (run_with_two_checkpoints / CHECKPOINTS / "step-000004" / "manifest.json").unlink()
+    assert load_run(run_with_two_checkpoints).step == 4
+    assert "damaged" not in capsys.readouterr().err
