@@ -1,17 +1,27 @@
-"""Assemble a trainable objective (denoiser + diffusion) from a run config."""
+"""Assemble a trainable objective (denoiser + diffusion) from a run config.
+
+Two independent choices: the network (``build_denoiser``, from ``cfg.model``) and the
+objective that wraps it (``build_model``, from ``cfg.diffusion``).
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from maskdiff.config import RunConfig
 from maskdiff.diffusion import MaskedDiffusion
 from maskdiff.transformer import Transformer
 
 
+def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
+    """The network ``(z_t [B, L], t [B]) -> logits [B, L, vocab_size]`` a config describes."""
+    return Transformer(cfg.model, vocab_size)
+
+
 def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> MaskedDiffusion:
-    """The MD4 model a config describes; parameters are initialised from ``seed`` when given."""
+    """The diffusion model a config describes; parameters are initialised from ``seed`` when given."""
     if seed is not None:
         torch.manual_seed(seed)
-    denoiser = Transformer(cfg.model, vocab_size)
+    denoiser = build_denoiser(cfg, vocab_size)
     return MaskedDiffusion(denoiser, schedule=cfg.diffusion.schedule, vocab_size=vocab_size)
