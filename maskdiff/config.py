@@ -65,18 +65,31 @@ class ModelConfig(Section):
         return out
 
 
+OBJECTIVES = ("md4", "genmd4")
+
+
 @dataclass
 class DiffusionConfig(Section):
-    schedule: str = option("linear", "masking schedule: linear, cosine, polyK (e.g. poly2), geometric, loglinear")
+    objective: str = option("md4", "md4 (one masking schedule for all tokens) or genmd4 (a learned schedule per token value)")
+    schedule: str = option("linear", "md4 masking schedule: linear, cosine, polyK (e.g. poly2), geometric, loglinear")
+    power_init: float = option(1.0, "genmd4: initial exponent w of every token's schedule 1 - t^w (1: linear)")
+    t1: float = option(1e-3, "genmd4: smallest time of the integral; a closed-form reconstruction term covers [0, t1]")
 
     def problems(self) -> list[str]:
         from maskdiff import schedules
 
+        out = []
+        if self.objective not in OBJECTIVES:
+            out.append(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         try:
             schedules.get(self.schedule)
         except MaskdiffError as err:
-            return [f"diffusion.schedule: {err}"]
-        return []
+            out.append(f"diffusion.schedule: {err}")
+        if not self.power_init > 0:
+            out.append("diffusion.power_init must be > 0")
+        if not 0 <= self.t1 < 1:
+            out.append("diffusion.t1 must be in [0, 1)")
+        return out
 
 
 @dataclass

@@ -34,9 +34,17 @@ def stratified_times(batch: int, generator: torch.Generator | None, device, dtyp
     return (u + torch.arange(batch, device=device, dtype=dtype) / batch) % 1.0
 
 
+def stratified_grid_times(batch: int, device, timesteps: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Stratified times in [0, 1); moved up to the grid {1/T, ..., 1} when ``timesteps=T``.  -> [B]"""
+    t = stratified_times(batch, generator, device)
+    if timesteps is not None:
+        t = (torch.floor(t * timesteps) + 1) / timesteps
+    return t
+
+
 def mask_tokens(x0: torch.Tensor, alpha_t: torch.Tensor, mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Forward process q(z_t | x0): keep each token with probability alpha_t [B], else mask.  -> [B, L]"""
-    keep = uniform_draws(x0.shape, generator, x0.device, alpha_t.dtype) < alpha_t[:, None]
+    """Forward process q(z_t | x0): keep each token with probability alpha_t ([B], or [B, L] per token), else mask.  -> [B, L]"""
+    keep = uniform_draws(x0.shape, generator, x0.device, alpha_t.dtype) < (alpha_t[:, None] if alpha_t.ndim == 1 else alpha_t)
     return torch.where(keep, x0, torch.full_like(x0, mask_id))
 
 
@@ -53,7 +61,47 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, masked: torch.T
     return (ce.view(x0.shape) * masked).sum(dim=-1)
 
 
-class MaskedDiffusion(nn.Module):
+class DiffusionModel(nn.Module):
+    """What every masked-diffusion objective shares: a denoiser, the mask id, forward() and sample().
+
+    Subclasses give ``schedule``, ``nelbo``, ``loss_from_logits`` and ``train_loss``.
+    """
+
+    def __init__(self, denoiser: Denoiser, vocab_size: int | None):
+        super().__init__()
+        if vocab_size is None or vocab_size < 1:
+            raise MaskdiffError(f"{type(self).__name__} needs vocab_size >= 1")
+        self.denoiser = denoiser
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+
+    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
+        return self.train_loss(x0, generator=generator)
+
+    def sample(
+        self,
+        num_samples: int,
+        length: int,
+        steps: int,
+        method: str = "ancestral",
+        given: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **rule_options,
+    ) -> torch.Tensor:
+        """Draw ``num_samples`` sequences of ``length`` tokens with ``steps`` reverse steps.  -> [N, L]
+
+        ``method`` is a rule of :mod:`maskdiff.sampling` (ancestral, mean, low_confidence,
+        random, threshold); ``given`` [N, L] fixes every position that is not the mask id
+        (prompts, infilling); ``rule_options`` are fields of :class:`maskdiff.sampling.SamplerOptions`
+        (temperature, top_k, top_p, grid, block_size, cfg, ...).
+        """
+        from maskdiff.sampling import sample as run_sampler
+
+        return run_sampler(self, num_samples, length, steps, given=given, generator=generator, method=method, **rule_options)
+
+
+class MaskedDiffusion(DiffusionModel):
     """MD4: a denoiser plus a masking schedule, giving the NELBO and an ancestral sampler.
 
     Args:
@@ -65,13 +113,8 @@ class MaskedDiffusion(nn.Module):
     """
 
     def __init__(self, denoiser: Denoiser, schedule: str | ScheduleLike = "linear", vocab_size: int | None = None):
-        super().__init__()
-        if vocab_size is None or vocab_size < 1:
-            raise MaskdiffError("MaskedDiffusion needs vocab_size >= 1")
-        self.denoiser = denoiser
+        super().__init__(denoiser, vocab_size)
         self.schedule = resolve(schedule)
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size
 
     # ----------------------------------------------------------------- the bound
     def loss_from_logits(
@@ -101,10 +144,7 @@ class MaskedDiffusion(nn.Module):
 
     def draw_times(self, batch: int, device, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stratified t across the batch; on the grid {1/T, ..., 1} when ``timesteps=T``.  -> [B]"""
-        t = stratified_times(batch, generator, device)
-        if timesteps is not None:
-            t = (torch.floor(t * timesteps) + 1) / timesteps
-        return t
+        return stratified_grid_times(batch, device, timesteps, generator)
 
     def nelbo(self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence [B], t stratified across the batch.
@@ -122,29 +162,3 @@ class MaskedDiffusion(nn.Module):
     def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """What the trainer minimises, in nats per sequence [B]: for MD4 the NELBO itself."""
         return self.nelbo(x0, generator=generator)
-
-    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
-        return self.train_loss(x0, generator=generator)
-
-    # ----------------------------------------------------------------- sampling
-    def sample(
-        self,
-        num_samples: int,
-        length: int,
-        steps: int,
-        method: str = "ancestral",
-        given: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        **rule_options,
-    ) -> torch.Tensor:
-        """Draw ``num_samples`` sequences of ``length`` tokens with ``steps`` reverse steps.  -> [N, L]
-
-        ``method`` is a rule of :mod:`maskdiff.sampling` (ancestral, mean, low_confidence,
-        random, threshold); ``given`` [N, L] fixes every position that is not the mask id
-        (prompts, infilling); ``rule_options`` are fields of :class:`maskdiff.sampling.SamplerOptions`
-        (temperature, top_k, top_p, grid, block_size, cfg, ...).
-        """
-        from maskdiff.sampling import sample as run_sampler
-
-        return run_sampler(self, num_samples, length, steps, given=given, generator=generator, method=method, **rule_options)

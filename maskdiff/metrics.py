@@ -82,3 +82,33 @@ def plot_loss(metrics_csv: Path, out_png: Path, unit: str = "token") -> Path:
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def write_token_powers(powers: list[float], labels: list[str], run_dir: Path) -> Path:
+    """GenMD4's learned exponents: RUN/token_powers.json ({label: w}) and a bar plot RUN/token_powers.png.
+
+    A larger w keeps that token unmasked longer (alpha = 1 - t^w), so it is revealed earlier in sampling.
+    """
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    (run_dir / "token_powers.json").write_text(json.dumps(dict(zip(labels, powers)), ensure_ascii=False, indent=1) + "\n")
+    order = sorted(range(len(powers)), key=lambda i: -powers[i])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(powers) + 1.5), 3.8), dpi=120)
+    ax.bar(range(len(order)), [powers[i] for i in order], color="tab:blue")
+    ax.set_xticks(range(len(order)), [labels[i] for i in order], fontsize=7, family="monospace")
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--", label="w = 1 (linear schedule)")
+    ax.set_ylabel("learned exponent w")
+    ax.set_title("GenMD4 per-token schedules alpha(t) = 1 - t^w (higher: revealed earlier)")
+    ax.legend(loc="upper right")
+    ax.margins(x=0.01)
+    fig.tight_layout()
+    out = run_dir / "token_powers.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from maskdiff.config import RunConfig
-from maskdiff.diffusion import MaskedDiffusion
+from maskdiff.diffusion import DiffusionModel, MaskedDiffusion
+from maskdiff.genmd4 import GenMD4
 from maskdiff.transformer import Transformer
 
 
@@ -19,9 +20,12 @@ def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
     return Transformer(cfg.model, vocab_size)
 
 
-def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> MaskedDiffusion:
-    """The diffusion model a config describes; parameters are initialised from ``seed`` when given."""
+def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> DiffusionModel:
+    """The diffusion model a config describes (MD4 or GenMD4); parameters are initialised from ``seed`` when given."""
     if seed is not None:
         torch.manual_seed(seed)
     denoiser = build_denoiser(cfg, vocab_size)
-    return MaskedDiffusion(denoiser, schedule=cfg.diffusion.schedule, vocab_size=vocab_size)
+    diffusion = cfg.diffusion
+    if diffusion.objective == "genmd4":
+        return GenMD4(denoiser, vocab_size, power_init=diffusion.power_init, t1=diffusion.t1)
+    return MaskedDiffusion(denoiser, schedule=diffusion.schedule, vocab_size=vocab_size)

@@ -44,7 +44,26 @@ def text8() -> RunConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "text8": text8}
+def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+    """The GenMD4 variant of a text preset: a learned schedule per token value, time-conditioned network."""
+
+    def preset() -> RunConfig:
+        cfg = base()
+        cfg.preset = f"genmd4-{cfg.preset}"
+        cfg.diffusion = DiffusionConfig(objective="genmd4", power_init=1.0, t1=1e-3)
+        # with state-dependent masking the exact posterior depends on t, so the network sees it
+        cfg.model.time_conditioning = True
+        return cfg
+
+    preset.__doc__ = f"{base.__doc__.split(':')[0]}, as GenMD4 (a learned schedule per token value)."
+    return preset
+
+
+TEXT_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "text8": text8}
+PRESETS: dict[str, Callable[[], RunConfig]] = {
+    **TEXT_PRESETS,
+    **{f"genmd4-{name}": genmd4(fn) for name, fn in TEXT_PRESETS.items()},
+}
 
 
 def get_preset(name: str) -> RunConfig:

@@ -9,13 +9,16 @@ top-p). The rules:
 
 - ``ancestral``: MD4's reverse process. From t to s each masked position is revealed with
   probability (alpha_s - alpha_t) / (1 - alpha_t). Which positions are revealed does not depend
-  on the network, so a step that reveals nothing does not call it.
+  on the network, so a step that reveals nothing does not call it. With a state-dependent
+  schedule (GenMD4, ``alpha`` per token value) a position is revealed as v with probability
+  mu_v (alpha_v(s) - alpha_v(t)) / (1 - alpha_v(t)); the network is still skipped when no
+  draw falls below the largest of these chances.
 - ``mean``: the same transition in MD4's two-step form (a value for every masked position
   first, then the reveal decisions). It has the same distribution, and with maskdiff's
   random streams even the same samples, but calls the network whenever anything is masked.
 - ``low_confidence``: MaskGIT/LLaDA remasking. Draw values for all masked positions and reveal
   the k with the highest predicted probability; k is the number the schedule expects
-  (rounded) or ``tokens_per_step``.
+  (rounded; under GenMD4 the sum of the positions' reveal chances) or ``tokens_per_step``.
 - ``random``: reveal k positions chosen uniformly at random.
 - ``threshold``: reveal every masked position whose drawn value has probability above
   ``threshold``, and at least the most confident one.
@@ -211,14 +214,17 @@ def block_plan(length: int, steps: int, block_size: int) -> list[tuple[int, int,
     return [(s, min(s + block_size, length), share + (i < extra)) for i, s in enumerate(starts)]
 
 
-def reveal_counts(masked: torch.Tensor, p_reveal: float, last: bool, tokens_per_step: int) -> torch.Tensor:
-    """How many positions each row reveals in a count-based rule.  masked [N, L] bool -> [N]"""
+def reveal_counts(masked: torch.Tensor, p_reveal, last: bool, tokens_per_step: int) -> torch.Tensor:
+    """How many positions each row reveals in a count-based rule: the number the schedule expects.
+
+    masked [N, L] bool; p_reveal a float, or [N, L] per position for state-dependent schedules.  -> [N]
+    """
     n = masked.sum(-1)
     if last:
         return n
     if tokens_per_step:
         return n.clamp_max(tokens_per_step)
-    return torch.round(n.double() * p_reveal).long()
+    return torch.round((masked * p_reveal).double().sum(-1)).long()
 
 
 def top_ranked(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -289,7 +295,7 @@ def iterate(
         scope = torch.zeros(length, dtype=torch.bool, device=device)
         scope[start:end] = True
         times = time_grid(block_steps, options.grid)
-        alphas = model.schedule.alpha(times).tolist()
+        alphas = model.schedule.alpha(times).detach().to(device)  # [steps+1], or [steps+1, V] per token value
         for i in range(block_steps):
             index += 1
             p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
@@ -301,30 +307,40 @@ def iterate(
 
 
 def _step(z, scope, t, p_reveal, last, options, denoise, streams, all_rows, mask_id):
-    """One reverse step of the chosen rule.  -> (new z, revealed positions)"""
+    """One reverse step of the chosen rule.  -> (new z, revealed positions)
+
+    ``p_reveal`` is the chance that a masked position is revealed by this step: a 0-d tensor,
+    or one per token value [V] for state-dependent schedules (GenMD4), where a position is
+    revealed as v with probability mu_v p_reveal[v] and so the reveal depends on the prediction.
+    """
     n, length = z.shape
     masked = (z == mask_id) & scope
     # the same draws every step, whatever the rule needs and whether or not the network runs
     u_reveal, u_value = streams.uniform(2 * length).view(n, 2, length).unbind(1)
+    method = options.method
+    per_value = p_reveal.ndim > 0
+    exact = method in ("ancestral", "mean")
 
     def predict(rows):
         logits = denoise(z, rows, t)
         if options.eos_id is not None and options.min_length:
             logits[:, : options.min_length, options.eos_id] = -math.inf
         probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
-        values = categorical(probs, u_value[rows])
+        # the reverse transition reveals v with probability mu_v p_reveal[v]
+        weighted = probs * p_reveal if per_value and not last else probs
+        values = categorical(weighted if exact else probs, u_value[rows])
         if options.temperature == 0:  # rank by the model's own probabilities, not the one-hot
             probs = torch.softmax(logits, dim=-1)
         confidence = probs.gather(-1, values.unsqueeze(-1)).squeeze(-1)
-        return values, confidence
+        return values, confidence, weighted.sum(-1)
 
-    method = options.method
     # rows that may reveal something: a row whose rule reveals nothing skips the network
-    if method in ("ancestral", "mean"):
-        chosen = masked if last else masked & (u_reveal < p_reveal)
-        active = chosen.any(-1) if method == "ancestral" else masked.any(-1)
-    elif method in ("random", "low_confidence"):
-        counts = reveal_counts(masked, p_reveal, last, options.tokens_per_step)
+    if exact:
+        # p_reveal.max() bounds the reveal chance, so positions above it stay masked whatever the network says
+        candidates = masked if last else masked & (u_reveal < p_reveal.max())
+        active = candidates.any(-1) if method == "ancestral" else masked.any(-1)
+    elif method in ("random", "low_confidence") and not per_value:
+        counts = reveal_counts(masked, p_reveal.item(), last, options.tokens_per_step)
         active = counts > 0
     else:
         active = masked.any(-1)
@@ -333,14 +349,16 @@ def _step(z, scope, t, p_reveal, last, options, denoise, streams, all_rows, mask
         return z, torch.zeros_like(masked)
     values = torch.zeros_like(z)
     confidence = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
-    values[rows], confidence[rows] = predict(rows)
+    chance = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
+    values[rows], confidence[rows], chance[rows] = predict(rows)
 
-    if method in ("ancestral", "mean"):
-        reveal = chosen
-    elif method == "random":
-        reveal = top_ranked(u_reveal, masked, counts)
-    elif method == "low_confidence":
-        reveal = top_ranked(confidence, masked, counts)
+    if exact:
+        reveal = candidates & (u_reveal < chance) if per_value and not last else candidates
+    elif method in ("random", "low_confidence"):
+        if per_value:
+            counts = reveal_counts(masked, chance, last, options.tokens_per_step)
+        ranking = u_reveal if method == "random" else confidence
+        reveal = top_ranked(ranking, masked, counts)
     else:  # threshold: everything confident enough, and at least the most confident position
         most = top_ranked(confidence, masked, masked.any(-1).long())
         reveal = masked if last else masked & ((confidence >= options.threshold) | most)

@@ -65,6 +65,11 @@ class CharTokenizer:
         """ids (any iterable of ints in 0..V-1) -> text."""
         return "".join(self.chars[int(i)] for i in ids)
 
+    def labels(self) -> list[str]:
+        """A short printable label for every id (space as ␣, newline as ↵), for plots."""
+        visible = {" ": "␣", "\n": "↵", "\t": "⇥"}
+        return [visible.get(c, c) for c in self.chars]
+
     def to_dict(self) -> dict:
         return {"type": self.kind, "chars": self.chars}
 

@@ -28,7 +28,8 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import EvalResult, evaluate_nelbo
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
 from maskdiff.interrupt import StopRequest
-from maskdiff.metrics import MetricsLog, plot_loss
+from maskdiff.genmd4 import GenMD4
+from maskdiff.metrics import MetricsLog, plot_loss, write_token_powers
 from maskdiff.models import build_model
 from maskdiff.tokenizer import load_tokenizer
 
@@ -270,4 +271,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         log.log(step, valid_bits=final.bits_per_token)
         log.close()
         plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
+        trained_model = ema.module if ema is not None else model
+        if isinstance(trained_model, GenMD4):
+            write_token_powers(trained_model.w.tolist(), tokenizer.labels(), run_dir)
     return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main, tokenizer.unit)
