@@ -87,6 +87,8 @@ class PixelTokenizer:
 
     def encode(self, pixels) -> torch.Tensor:
         """uint8 array of any shape -> LongTensor of the same shape."""
+        if isinstance(pixels, str):
+            raise MaskdiffError("this run models images, not text: evaluate it on its own splits (--split), not on a text file")
         return torch.as_tensor(np.asarray(pixels)).long()
 
     def decode(self, ids) -> np.ndarray:

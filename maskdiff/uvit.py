@@ -22,6 +22,22 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.transformer import Block, modulate, rotary_tables
 
 
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Pixel features [B, H, W, F] -> one row per patch in raster order [B, (H/p)*(W/p), p*p*F]."""
+    B, H, W, F = x.shape
+    x = x.view(B, H // patch, patch, W // patch, patch, F).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, (H // patch) * (W // patch), patch * patch * F)
+
+
+def unpatchify(x: torch.Tensor, patch: int, height: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`: [B, (H/p)*(W/p), p*p*F] -> [B, H, W, F]."""
+    B, n, D = x.shape
+    rows, F = height // patch, D // (patch * patch)
+    cols = n // rows
+    x = x.view(B, rows, cols, patch, patch, F).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, rows * patch, cols * patch, F)
+
+
 class UViT(nn.Module):
     """Patchified transformer over the image; ``n_layers`` blocks of width ``d_model``."""
 
@@ -55,10 +71,8 @@ class UViT(nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z_t [B, H*W*C] ids in 0..V (V = mask), t [B], labels [B] or None -> logits [B, H*W*C, V]."""
-        B, g, p = z_t.shape[0], self.grid, self.cfg.patch_size
-        x = self.embed(z_t)  # [B, H, W, C*f]
-        x = x.view(B, g, p, g, p, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, g * g, -1)  # patches in raster order
-        x = self.patch_in(x) + self.position
+        B, p = z_t.shape[0], self.cfg.patch_size
+        x = self.patch_in(patchify(self.embed(z_t), p)) + self.position  # [B, patches, D]
         c = self.condition(t, labels)
         half, stored = len(self.skips), []
         for i, block in enumerate(self.blocks):
@@ -70,8 +84,8 @@ class UViT(nn.Module):
         x = self.norm(x)
         if self.final_modulation is not None:
             x = modulate(x, *self.final_modulation(c).chunk(2, dim=-1))
-        logits = self.head(x).view(B, g, g, p, p, self.channels, self.vocab_size)
-        return logits.permute(0, 1, 3, 2, 4, 5, 6).reshape(B, -1, self.vocab_size)
+        # head: p*p*C*V values per patch -> [B, H, W, C*V] -> one row of V logits per sub-pixel
+        return unpatchify(self.head(x), p, self.image_size).reshape(B, -1, self.vocab_size)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         return count_parameters(self, self.embed) if non_embedding else sum(p.numel() for p in self.parameters())

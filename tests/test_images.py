@@ -16,10 +16,13 @@ from maskdiff.config import DataConfig, ModelConfig, RunConfig
 from maskdiff.diffusion import MaskedDiffusion
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_nelbo
-from maskdiff.image_data import images_to_tokens, load_cifar, load_folder, load_idx, load_npz, prepare_images, tokens_to_images
+from maskdiff.image_data import (
+    RandomImages, images_to_tokens, load_cifar, load_folder, load_idx, load_npz, prepare_images, tokens_to_images,
+)
 from maskdiff.image_sampling import generate_images, keep_mask
 from maskdiff.models import build_denoiser
 from maskdiff.presets import get_preset
+from maskdiff.uvit import patchify, unpatchify
 
 
 # ------------------------------------------------------------------ writers of each format
@@ -154,6 +157,25 @@ def test_image_denoisers_map_tokens_to_logits_with_labels(architecture):
         net(z, torch.rand(2), labels=torch.tensor([0, 4]))
 
 
+def test_patches_hold_neighbouring_pixels_and_unpatchify_inverts():
+    x = torch.arange(2 * 4 * 6 * 3).view(2, 4, 6, 3)  # [B, H, W, F]
+    patches = patchify(x, 2)
+    assert patches.shape == (2, 6, 12)
+    # the second patch of the top row holds pixels (0..1, 2..3)
+    assert patches[1, 1].view(2, 2, 3).tolist() == x[1, 0:2, 2:4].tolist()
+    assert torch.equal(unpatchify(patches, 2, 4), x)
+
+
+def test_random_images_resume_where_they_left_off():
+    images, labels = torch.arange(40).view(10, 4), torch.arange(10)
+    a = RandomImages(images, labels, batch_size=3, seed=5)
+    next(a)
+    b = RandomImages(images, labels, batch_size=3, seed=99)
+    b.load_state_dict(a.state_dict())
+    (xa, ya), (xb, yb) = next(a), next(b)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa[:, 0] // 4, ya)
+
+
 # ------------------------------------------------------------------ training, sampling, inpainting
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
@@ -185,6 +207,11 @@ def test_image_tiny_trains_below_8_bits_per_dim(image_run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["unit"] == "dim" and result["num_sequences"] == 64
     assert result["bits_per_token"] < 6.0  # uniform is 8; the blobs are far more predictable
+    assert main(["eval", "--checkpoint", str(out), "--quiet"]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+    (root / "text.txt").write_text("not an image")
+    assert main(["eval", "--checkpoint", str(out), "--data", str(root / "text.txt"), "--quiet"]) == 1
+    assert "this run models images" in capsys.readouterr().err
 
 
 def test_sample_grid_is_a_png_of_the_right_size(image_run, tmp_path):
