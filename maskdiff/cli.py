@@ -202,8 +202,9 @@ def cmd_presets(args) -> int:
     from maskdiff.presets import PRESETS, get_preset
 
     if args.show is None:
+        width = max(map(len, PRESETS))
         for name, fn in PRESETS.items():
-            print(f"{name:8s} {(fn.__doc__ or '').strip()}")
+            print(f"{name:{width}s} {(fn.__doc__ or '').strip()}")
         return 0
     cfg = get_preset(args.show).to_dict()
     for section, cls in SECTIONS.items():

@@ -46,9 +46,9 @@ DATA_FORMATS = ("text", "idx", "cifar10", "npz", "folder")
 
 @dataclass
 class ModelConfig(Section):
-    n_layers: int = option(4, "number of transformer blocks")
-    d_model: int = option(128, "width of the residual stream")
-    n_heads: int = option(4, "attention heads; d_model must be a multiple of 2 * n_heads")
+    n_layers: int = option(4, "number of transformer blocks (unet: residual blocks on each side of the middle)")
+    d_model: int = option(128, "width of the residual stream (unet: channels)")
+    n_heads: int = option(4, "attention heads (unet: in the middle attention); d_model must be a multiple of 2 * n_heads")
     mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
     time_conditioning: bool = option(False, "condition every block on t with adaLN-Zero (off: the network ignores t)")
     time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")

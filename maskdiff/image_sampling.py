@@ -212,7 +212,9 @@ def generate_images(
         run.model, num_samples, size * size * channels, steps, given=given, generator=generator, device=dev,
         options=options, labels=labels,
     )
-    with autocast(dev, resolve_precision(precision, dev)), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
+    # "auto" follows the run's own precision: image runs on CPUs train in fp32 (bf16 convolutions are slow there)
+    dtype = resolve_precision(run.config.train.precision if precision == "auto" else precision, dev)
+    with autocast(dev, dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
         for step in states:
             bar.total = step.total
             bar.update(step.index - bar.n)
