@@ -151,8 +151,8 @@ def training_batches(splits: Splits, cfg, batch_size: int, seed: int):
 
 
 def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> [N, L]"""
+    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""
     n = tokens.numel() // seq_len
     if n == 0:
         raise MaskdiffError(f"the text has {tokens.numel()} tokens, fewer than one sequence of {seq_len}")
-    return tokens[: n * seq_len].view(n, seq_len)
+    return tokens[: n * seq_len].view(n, seq_len).long()  # image splits are stored as uint8
