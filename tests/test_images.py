@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from maskdiff.checkpoint import load_run
 from maskdiff.cli import main
 from maskdiff.config import DataConfig, ModelConfig, RunConfig
 from maskdiff.diffusion import MaskedDiffusion
@@ -236,6 +237,12 @@ def test_inpainting_keeps_the_given_pixels_exactly(image_run, tmp_path):
         assert 0 < kept.sum() < 64
         for image in gen.images[..., 0]:
             assert np.array_equal(image[kept], given[kept])
+    # the library route: given= of the sampler, with class labels and guidance
+    model = load_run(out).model
+    row = torch.where(keep_mask("left", 8, 1), images_to_tokens(given[None, :, :, None])[0], model.mask_id)
+    samples = model.sample(2, 64, steps=6, given=row.expand(2, -1), labels=torch.tensor([0, 1]), cfg=2.0)
+    assert torch.equal(samples[:, keep_mask("left", 8, 1)], row[keep_mask("left", 8, 1)].expand(2, -1))
+    assert samples.max() < 256
 
 
 def test_cli_sample_writes_the_grid_into_the_run_folder(image_run, capsys):
