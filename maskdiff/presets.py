@@ -61,6 +61,7 @@ def image_tiny() -> RunConfig:
 
 def cifar10() -> RunConfig:
     """MD4's CIFAR-10 setting: U-Net with 256 channels and 8 residual blocks at 32x32, dropout 0.1, linear schedule (GPU)."""
+    # the network follows the MD4 paper; the optimiser settings are plausible defaults, not MD4's checked values
     return RunConfig(
         preset="cifar10",
         model=ModelConfig(
@@ -77,6 +78,7 @@ def cifar10() -> RunConfig:
 
 def imagenet64() -> RunConfig:
     """MD4-style ImageNet 64x64: a U-ViT/DiT transformer over 4x4 patches, width 768, 12 blocks (GPU; downsampled-ImageNet npz)."""
+    # sizes and optimiser settings are plausible defaults, not checked against MD4's released config
     return RunConfig(
         preset="imagenet64",
         model=ModelConfig(
