@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
-from maskdiff.checkpoint import load_run
+from maskdiff.checkpoint import CHECKPOINTS, LATEST, load_run
 from maskdiff.cli import main
 from maskdiff.config import DataConfig, ModelConfig, RunConfig
 from maskdiff.diffusion import MaskedDiffusion
@@ -23,6 +25,7 @@ from maskdiff.image_data import (
 from maskdiff.image_sampling import generate_images, keep_mask
 from maskdiff.models import build_denoiser
 from maskdiff.presets import get_preset
+from maskdiff.training import train
 from maskdiff.uvit import patchify, unpatchify
 
 
@@ -178,10 +181,8 @@ def test_random_images_resume_where_they_left_off():
 
 
 # ------------------------------------------------------------------ training, sampling, inpainting
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    """image-tiny (with 8x8 images and two classes) trained briefly on synthetic IDX data."""
-    root = tmp_path_factory.mktemp("images")
+def write_blob_dataset(root) -> None:
+    """An MNIST-style folder (gzipped IDX, with labels and a t10k split) of 8x8 blob images."""
     pixels, labels = blob_images(400)
     write_idx(root / "train-images-idx3-ubyte.gz", pixels[..., 0])
     write_idx(root / "train-labels-idx1-ubyte.gz", labels)
@@ -189,6 +190,31 @@ def image_run(tmp_path_factory):
     write_idx(root / "t10k-images-idx3-ubyte.gz", test_pixels[..., 0])
     write_idx(root / "t10k-labels-idx1-ubyte.gz", test_labels)
     Image.fromarray(test_pixels[0, ..., 0]).save(root / "given.png")
+
+
+def test_a_class_conditional_image_run_resumes_exactly(tmp_path):
+    """Whole-image batches, their labels and the label dropout continue bit-exactly after a crash."""
+    write_blob_dataset(tmp_path)
+    cfg = get_preset("image-tiny").with_overrides([
+        f"data.path={tmp_path}", "data.image_size=8", "data.seq_len=64", "data.valid_fraction=0.1", "model.num_classes=2",
+        "model.label_dropout=0.5", "train.steps=6", "train.batch_size=4", "train.checkpoint_every=3", "train.eval_every=0",
+    ])
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(cfg, straight, progress=False)
+    train(cfg, interrupted, progress=False)
+    shutil.rmtree(interrupted / CHECKPOINTS / "step-000006")
+    (interrupted / CHECKPOINTS / LATEST).write_text("step-000003\n")
+    train(cfg, interrupted, resume=True, progress=False)
+    a = load_file(straight / CHECKPOINTS / "step-000006" / "model.safetensors")
+    b = load_file(interrupted / CHECKPOINTS / "step-000006" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """image-tiny (with 8x8 images and two classes) trained briefly on synthetic IDX data."""
+    root = tmp_path_factory.mktemp("images")
+    write_blob_dataset(root)
     out = root / "run"
     code = main([
         "train", "--preset", "image-tiny", "--out", str(out), "--quiet",
