@@ -73,8 +73,58 @@ def cmd_train(args) -> int:
     return 0
 
 
+TEXT_ONLY = ("prompt", "infill", "eos", "length")
+IMAGE_ONLY = ("label", "inpaint", "scale")
+
+
+def _sample_images(args) -> int:
+    """cmd_sample for a run trained on images: a PNG grid (and a GIF of the steps)."""
+    from maskdiff.image_sampling import generate_images
+
+    used = [f"--{name}" for name in TEXT_ONLY if getattr(args, name) is not None]
+    if used:
+        raise MaskdiffError(f"{', '.join(used)} apply to text runs; this run models images")
+    gen = generate_images(
+        args.checkpoint,
+        num_samples=16 if args.num_samples is None else args.num_samples,
+        steps=args.steps,
+        seed=args.seed,
+        label=args.label,
+        inpaint=args.inpaint,
+        keep=args.keep,
+        output=args.output,
+        show_steps=args.show_steps,
+        scale=1 if args.scale is None else args.scale,
+        weights=args.weights,
+        precision=args.precision,
+        progress=not args.quiet,
+        method=args.method,
+        grid=args.grid,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        tokens_per_step=args.tokens_per_step,
+        threshold=args.threshold,
+        block_size=args.block_size,
+        cfg=args.cfg,
+        cache=not args.no_cache,
+    )
+    print(f"sample grid: {gen.path}")
+    if gen.steps_path is not None:
+        print(f"unmasking steps: {gen.steps_path}")
+    print(f"[{len(gen.images)} images in {gen.seconds:.2f} s, {gen.nfe} network evaluations]", file=sys.stderr)
+    return 0
+
+
 def cmd_sample(args) -> int:
     from maskdiff.generate import generate_text
+    from maskdiff.image_sampling import is_image_run
+
+    if is_image_run(args.checkpoint):
+        return _sample_images(args)
+    used = [f"--{name}" for name in IMAGE_ONLY if getattr(args, name) is not None]
+    if used:
+        raise MaskdiffError(f"{', '.join(used)} apply to image runs; this run models text")
 
     def show(step, texts: list[str]) -> None:
         print(f"--- step {step.index}/{step.total}  t={step.t:.3f}  nfe={step.nfe}", file=sys.stderr)
@@ -83,7 +133,7 @@ def cmd_sample(args) -> int:
 
     gen = generate_text(
         args.checkpoint,
-        num_samples=args.num_samples,
+        num_samples=4 if args.num_samples is None else args.num_samples,
         length=args.length,
         steps=args.steps,
         seed=args.seed,
@@ -183,12 +233,14 @@ def build_parser() -> Parser:
 
     p = sub.add_parser(
         "sample",
-        help="generate text from a checkpoint",
+        help="generate text or images from a checkpoint",
         description="Generate text by running the reverse process. Rules: ancestral (MD4), mean (MD4's two-step "
-        "variant), low_confidence (MaskGIT remasking), random, threshold (parallel decoding of confident positions).",
+        "variant), low_confidence (MaskGIT remasking), random, threshold (parallel decoding of confident positions). "
+        "For a run trained on images it writes a PNG grid (--output, default RUN/samples.png), with --show-steps "
+        "also an animated GIF of the unmasking, and can sample a class (--label, --cfg) or inpaint (--inpaint, --keep).",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
-    p.add_argument("--num-samples", type=int, default=4, help="how many texts (default 4)")
+    p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
     p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
     p.add_argument("--method", choices=METHODS, default="ancestral", help="which positions to reveal each step (default ancestral)")
@@ -201,15 +253,20 @@ def build_parser() -> Parser:
     p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive blocks of this many tokens (0: off)")
     p.add_argument("--prompt", metavar="TEXT", help="fixed beginning of every sample")
     p.add_argument("--infill", metavar="TEMPLATE", help="text with [[N]] where N tokens are to be generated, e.g. 'To be, or [[12]] to be'")
-    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt (default 0: off)")
+    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt or --label (default 0: off)")
+    p.add_argument("--label", type=int, metavar="N", help="images: sample class N (class-conditional runs)")
+    p.add_argument("--inpaint", metavar="IMAGE", help="images: PNG/JPEG file whose --keep region every sample keeps")
+    p.add_argument("--keep", choices=("top", "bottom", "left", "right", "center", "outside"), default="top",
+                   help="images: region of --inpaint kept (half of the image, the center square, or all but it; default top)")
+    p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
     p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
     p.add_argument("--no-cache", action="store_true", help="call the network in every step, even when nothing is revealed")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
-    p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr (masks as _)")
-    p.add_argument("--output", metavar="FILE", help="also write the samples to FILE")
+    p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr (masks as _); images: write FILE-steps.gif")
+    p.add_argument("--output", "--out", metavar="FILE", help="text: also write the samples to FILE; images: the PNG grid (default RUN/samples.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_sample)
 

@@ -40,20 +40,37 @@ class Section:
         return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 
 
+ARCHITECTURES = ("transformer", "unet", "uvit")
+DATA_FORMATS = ("text", "idx", "cifar10", "npz", "folder")
+
+
 @dataclass
 class ModelConfig(Section):
-    n_layers: int = option(4, "number of transformer blocks")
-    d_model: int = option(128, "width of the residual stream")
-    n_heads: int = option(4, "attention heads; d_model must be a multiple of 2 * n_heads")
+    n_layers: int = option(4, "number of transformer blocks (unet: residual blocks on each side of the middle)")
+    d_model: int = option(128, "width of the residual stream (unet: channels)")
+    n_heads: int = option(4, "attention heads (unet: in the middle attention); d_model must be a multiple of 2 * n_heads")
     mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
     time_conditioning: bool = option(False, "condition every block on t with adaLN-Zero (off: the network ignores t)")
     time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
     dropout: float = option(0.0, "dropout probability in attention and MLP")
     rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
+    architecture: str = option("transformer", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
+    pixel_features: int = option(32, "unet/uvit: embedding size of each sub-pixel token before the first layer")
+    patch_size: int = option(4, "uvit: side of the square patches that become transformer tokens")
+    num_classes: int = option(0, "unet/uvit: number of class labels to condition on (0: unconditional)")
+    label_dropout: float = option(0.1, "with num_classes: probability of training on the null label (for guidance)")
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features"):
+        if self.architecture not in ARCHITECTURES:
+            out.append(f"model.architecture must be one of {', '.join(ARCHITECTURES)}, not {self.architecture!r}")
+        if self.num_classes < 0:
+            out.append("model.num_classes must be >= 0")
+        if self.num_classes and self.architecture == "transformer":
+            out.append("model.num_classes needs model.architecture unet or uvit")
+        if not 0 <= self.label_dropout < 1:
+            out.append("model.label_dropout must be in [0, 1)")
+        for name in ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features", "pixel_features", "patch_size"):
             if getattr(self, name) < 1:
                 out.append(f"model.{name} must be >= 1")
         if self.n_heads >= 1 and self.d_model % (2 * self.n_heads):
@@ -94,15 +111,33 @@ class DiffusionConfig(Section):
 
 @dataclass
 class DataConfig(Section):
-    path: str = option("", "UTF-8 text file to train on; empty: the built-in Shakespeare corpus")
-    seq_len: int = option(128, "tokens per training sequence")
+    path: str = option("", "UTF-8 text file to train on; empty: the built-in Shakespeare corpus (images: file or folder)")
+    seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
-    test_fraction: float = option(0.05, "fraction of the corpus held out for testing")
+    test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
+    format: str = option("text", "text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)")
+    image_size: int = option(0, "images: height = width in pixels")
+    channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the data are images (sequences of H*W*C sub-pixel tokens in 0..255)."""
+        return self.format != "text"
 
     def problems(self) -> list[str]:
         out = []
         if self.seq_len < 1:
             out.append("data.seq_len must be >= 1")
+        if self.format not in DATA_FORMATS:
+            out.append(f"data.format must be one of {', '.join(DATA_FORMATS)}, not {self.format!r}")
+        elif self.is_image:
+            if self.image_size < 1 or self.channels not in (1, 3, 4):
+                out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")
+            elif self.seq_len != self.image_size**2 * self.channels:
+                out.append(
+                    f"data.seq_len must be image_size * image_size * channels = {self.image_size**2 * self.channels} "
+                    f"for images, not {self.seq_len}"
+                )
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 out.append(f"data.{name} must be in (0, 0.5)")

@@ -99,7 +99,16 @@ def split_tokens(tokens: torch.Tensor, valid_fraction: float, test_fraction: flo
 
 
 def prepare_data(data_cfg, tokenizer: CharTokenizer | None = None) -> tuple[CharTokenizer, Splits]:
-    """Read the corpus of a DataConfig, build (or reuse) the vocabulary and split the token stream."""
+    """Read the corpus of a DataConfig, build (or reuse) the vocabulary and split the token stream.
+
+    Image formats (``data.format`` other than text) are read by :mod:`maskdiff.image_data`.
+    """
+    if data_cfg.format != "text":
+        from maskdiff.image_data import prepare_images
+
+        return prepare_images(data_cfg, tokenizer)
+    if not isinstance(tokenizer, (CharTokenizer, type(None))):
+        raise MaskdiffError("text data need a character tokenizer; this run was trained on images")
     text = load_corpus(data_cfg.path)
     if tokenizer is None:
         tokenizer = CharTokenizer.from_text(text)
@@ -129,9 +138,21 @@ class RandomCrops:
         self.generator.set_state(state["generator"])
 
 
+def training_batches(splits: Splits, cfg, batch_size: int, seed: int):
+    """The endless, resumable batch stream of a run: random crops of text, random whole images.
+
+    Image batches of a class-conditional model are ``(x0, labels)`` pairs.
+    """
+    if cfg.data.format != "text":
+        from maskdiff.image_data import image_batches
+
+        return image_batches(splits, cfg.model.num_classes, batch_size, seed)
+    return RandomCrops(splits.train, cfg.data.seq_len, batch_size, seed)
+
+
 def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> [N, L]"""
+    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""
     n = tokens.numel() // seq_len
     if n == 0:
         raise MaskdiffError(f"the text has {tokens.numel()} tokens, fewer than one sequence of {seq_len}")
-    return tokens[: n * seq_len].view(n, seq_len)
+    return tokens[: n * seq_len].view(n, seq_len).long()  # image splits are stored as uint8

@@ -75,9 +75,13 @@ class DiffusionModel(nn.Module):
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
 
-    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None, **conditioning) -> torch.Tensor:
         """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
-        return self.train_loss(x0, generator=generator)
+        return self.train_loss(x0, generator=generator, **conditioning)
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``."""
+        return self.denoiser(z_t, t) if labels is None else self.denoiser(z_t, t, labels=labels)
 
     def sample(
         self,
@@ -146,19 +150,21 @@ class MaskedDiffusion(DiffusionModel):
         """Stratified t across the batch; on the grid {1/T, ..., 1} when ``timesteps=T``.  -> [B]"""
         return stratified_grid_times(batch, device, timesteps, generator)
 
-    def nelbo(self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def nelbo(
+        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence [B], t stratified across the batch.
 
         ``timesteps=T`` gives the discrete-time bound with T steps (looser; tends to the
-        continuous one as T grows).
+        continuous one as T grows). ``labels`` [B] (class-conditional denoisers only) are passed
+        to the denoiser as ``labels=``.
         """
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
         t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
         z_t = mask_tokens(x0, self.schedule.alpha(t), self.mask_id, generator)
-        logits = self.denoiser(z_t, t)
-        return self.loss_from_logits(logits, x0, z_t, t, timesteps)
+        return self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, **conditioning) -> torch.Tensor:
         """What the trainer minimises, in nats per sequence [B]: for MD4 the NELBO itself."""
-        return self.nelbo(x0, generator=generator)
+        return self.nelbo(x0, generator=generator, **conditioning)

@@ -165,19 +165,21 @@ class GenMD4(DiffusionModel):
     def _mask(self, x0, t, generator):
         return mask_tokens(x0, self.token_alpha(x0, t).detach(), self.mask_id, generator)
 
-    def nelbo(self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def nelbo(
+        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence [B], boundary terms included.
 
-        ``timesteps=T`` gives the discrete-time bound with T steps on [t1, 1].
+        ``timesteps=T`` gives the discrete-time bound with T steps on [t1, 1]; ``labels`` [B] go
+        to class-conditional denoisers.
         """
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
         t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
         z_t = self._mask(x0, t, generator)
-        logits = self.denoiser(z_t, t)
-        return self.loss_from_logits(logits, x0, z_t, t, timesteps) + self.boundary_terms(x0)
+        return self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps) + self.boundary_terms(x0)
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The NELBO averaged over two maskings at the same t, with the RLOO gradient for w.  -> [B]
 
         Its value is the bound; its gradient adds 0.5 (l1 - l2) grad(log q(z1) - log q(z2)),
@@ -186,7 +188,8 @@ class GenMD4(DiffusionModel):
         batch = x0.shape[0]
         t = self.draw_times(batch, x0.device, None, generator)
         z1, z2 = self._mask(x0, t, generator), self._mask(x0, t, generator)
-        logits = self.denoiser(torch.cat([z1, z2]), torch.cat([t, t]))  # both maskings in one call
+        both_labels = None if labels is None else torch.cat([labels, labels])
+        logits = self.predict(torch.cat([z1, z2]), torch.cat([t, t]), both_labels)  # both maskings in one call
         l1 = self.loss_from_logits(logits[:batch], x0, z1, t)
         l2 = self.loss_from_logits(logits[batch:], x0, z2, t)
         score = 0.5 * (l1 - l2).detach() * (self.log_q(x0, z1, t) - self.log_q(x0, z2, t))

@@ -11,13 +11,26 @@ from torch import nn
 
 from maskdiff.config import RunConfig
 from maskdiff.diffusion import DiffusionModel, MaskedDiffusion
+from maskdiff.errors import MaskdiffError
 from maskdiff.genmd4 import GenMD4
 from maskdiff.transformer import Transformer
+from maskdiff.unet import UNet
+from maskdiff.uvit import UViT
 
 
 def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
-    """The network ``(z_t [B, L], t [B]) -> logits [B, L, vocab_size]`` a config describes."""
-    return Transformer(cfg.model, vocab_size)
+    """The network ``(z_t [B, L], t [B]) -> logits [B, L, vocab_size]`` a config describes.
+
+    ``model.architecture``: the transformer models any sequence; the image networks (unet, uvit)
+    take the image shape from ``cfg.data`` and accept an optional ``labels=`` keyword.
+    """
+    arch = cfg.model.architecture
+    if arch == "transformer":
+        return Transformer(cfg.model, vocab_size)
+    if not cfg.data.is_image:
+        raise MaskdiffError(f"model.architecture={arch} models images; set data.format to an image format")
+    network = {"unet": UNet, "uvit": UViT}[arch]
+    return network(cfg.model, vocab_size, cfg.data.image_size, cfg.data.channels)
 
 
 def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> DiffusionModel:

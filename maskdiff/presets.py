@@ -6,6 +6,7 @@ from typing import Callable
 
 from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from maskdiff.errors import MaskdiffError
+from maskdiff.image_data import FASHION_MNIST_DIR
 
 
 def tiny() -> RunConfig:
@@ -59,10 +60,59 @@ def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     return preset
 
 
+def image_tiny() -> RunConfig:
+    """A small U-Net on 28x28 grey Fashion-MNIST (Debian's dataset-fashion-mnist): below 8 bits/dim in minutes on a CPU."""
+    return RunConfig(
+        preset="image-tiny",
+        model=ModelConfig(architecture="unet", n_layers=2, d_model=32, n_heads=1, pixel_features=8, time_conditioning=False),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(format="idx", path=FASHION_MNIST_DIR, image_size=28, channels=1, seq_len=28 * 28, valid_fraction=0.02),
+        train=TrainConfig(
+            steps=500, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.99, eval_every=100, eval_sequences=64,
+            checkpoint_every=250, precision="fp32",  # bf16 autocast makes CPU convolutions ~5x slower
+        ),
+    )
+
+
+def cifar10() -> RunConfig:
+    """MD4's CIFAR-10 setting: U-Net with 256 channels and 8 residual blocks at 32x32, dropout 0.1, linear schedule (GPU)."""
+    # the network follows the MD4 paper; the optimiser settings are plausible defaults, not MD4's checked values
+    return RunConfig(
+        preset="cifar10",
+        model=ModelConfig(
+            architecture="unet", n_layers=8, d_model=256, n_heads=1, pixel_features=32, dropout=0.1, time_conditioning=True,
+        ),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(format="cifar10", path="cifar-10-batches-py", image_size=32, channels=3, seq_len=32 * 32 * 3, valid_fraction=0.02),
+        train=TrainConfig(
+            steps=2_000_000, batch_size=128, lr=2e-4, warmup_steps=100, weight_decay=0.01, ema_decay=0.9999,
+            eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+        ),
+    )
+
+
+def imagenet64() -> RunConfig:
+    """MD4-style ImageNet 64x64: a U-ViT/DiT transformer over 4x4 patches, width 768, 12 blocks (GPU; downsampled-ImageNet npz)."""
+    # sizes and optimiser settings are plausible defaults, not checked against MD4's released config
+    return RunConfig(
+        preset="imagenet64",
+        model=ModelConfig(
+            architecture="uvit", n_layers=12, d_model=768, n_heads=12, patch_size=4, pixel_features=16, time_conditioning=True,
+        ),
+        diffusion=DiffusionConfig(schedule="cosine"),
+        data=DataConfig(format="npz", path="imagenet64", image_size=64, channels=3, seq_len=64 * 64 * 3, valid_fraction=0.01),
+        train=TrainConfig(
+            steps=2_000_000, batch_size=512, lr=2e-4, warmup_steps=2000, weight_decay=0.03, ema_decay=0.9999,
+            eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+        ),
+    )
+
+
 TEXT_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "text8": text8}
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     **TEXT_PRESETS,
     **{f"genmd4-{name}": genmd4(fn) for name, fn in TEXT_PRESETS.items()},
+    "image-tiny": image_tiny, "cifar10": cifar10, "imagenet64": imagenet64,
 }
 
 

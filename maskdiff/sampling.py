@@ -235,10 +235,14 @@ def top_ranked(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tenso
 
 
 class Denoise:
-    """Calls the denoiser (with CFG when asked) on chosen rows and counts network evaluations."""
+    """Calls the denoiser (with CFG when asked) on chosen rows and counts network evaluations.
 
-    def __init__(self, model, options: SamplerOptions, prompt: torch.Tensor | None):
-        self.model, self.options, self.prompt = model, options, prompt
+    With class ``labels`` [N] the denoiser gets ``labels=`` and CFG guides towards the label
+    (the unconditional pass uses the null label -1); otherwise CFG guides towards the prompt.
+    """
+
+    def __init__(self, model, options: SamplerOptions, prompt: torch.Tensor | None, labels: torch.Tensor | None = None):
+        self.model, self.options, self.prompt, self.labels = model, options, prompt, labels
         self.nfe = 0
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float) -> torch.Tensor:
@@ -247,6 +251,13 @@ class Denoise:
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
         with torch.no_grad():
+            if self.labels is not None:
+                labels = self.labels[rows]
+                if self.options.cfg == 0:
+                    return self.model.denoiser(z, times, labels=labels).double()
+                both = torch.cat([labels, torch.full_like(labels, -1)])
+                cond, uncond = self.model.denoiser(torch.cat([z, z]), torch.cat([times, times]), labels=both).double().chunk(2)
+                return uncond + (self.options.cfg + 1) * (cond - uncond)
             if self.options.cfg == 0 or self.prompt is None:
                 return self.model.denoiser(z, times).double()
             # unconditional pass: the same sequences with the prompt masked; both in one batch
@@ -265,6 +276,7 @@ def iterate(
     generator: torch.Generator | None = None,
     device=None,
     options: SamplerOptions | None = None,
+    labels: torch.Tensor | None = None,
     **option_values,
 ) -> Iterator[Step]:
     """Yield the initial state and the state after every step; the last has no mask ids.
@@ -272,6 +284,7 @@ def iterate(
     ``model`` needs ``denoiser``, ``schedule`` and ``mask_id`` (a :class:`MaskedDiffusion`).
     ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
     ``cfg`` those positions form the prompt that the unconditional pass masks.
+    ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
     Options are a :class:`SamplerOptions` or its fields as keywords.
     """
     if options is None:
@@ -284,7 +297,11 @@ def iterate(
     mask_id = model.mask_id
     z = initial_state(num_samples, length, mask_id, given, device)
     prompt = z != mask_id if given is not None else None
-    denoise = Denoise(model, options, prompt)
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        if tuple(labels.shape) != (num_samples,):
+            raise MaskdiffError(f"labels has shape {tuple(labels.shape)}, expected ({num_samples},)")
+    denoise = Denoise(model, options, prompt, labels)
     streams = SampleStreams(num_samples, generator, device)
     all_rows = torch.arange(num_samples, device=device)
     plan = block_plan(length, steps, options.block_size)

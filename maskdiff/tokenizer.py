@@ -1,7 +1,7 @@
 """Tokenizers turn text into token ids 0..V-1 and back, and save themselves beside a checkpoint.
 
-Only the character-level tokenizer exists so far; :func:`load_tokenizer` dispatches on the
-``type`` field of the saved JSON so other kinds can be added without touching callers.
+Characters for text and sub-pixel intensities for images; :func:`load_tokenizer` dispatches
+on the ``type`` field of the saved JSON so other kinds can be added without touching callers.
 """
 
 from __future__ import annotations
@@ -77,7 +77,41 @@ class CharTokenizer:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def load_tokenizer(path: Path) -> CharTokenizer:
+class PixelTokenizer:
+    """Images: every sub-pixel is one token, its intensity 0..levels-1 (the identity map)."""
+
+    kind = "pixel"
+    unit = "dim"  # one token is one sub-pixel: "bits per dim"
+
+    def __init__(self, levels: int = 256):
+        self.levels = levels
+
+    @property
+    def vocab_size(self) -> int:
+        return self.levels
+
+    def encode(self, pixels) -> torch.Tensor:
+        """uint8 array of any shape -> LongTensor of the same shape."""
+        if isinstance(pixels, str):
+            raise MaskdiffError("this run models images, not text: evaluate it on its own splits (--split), not on a text file")
+        return torch.as_tensor(np.asarray(pixels)).long()
+
+    def decode(self, ids) -> np.ndarray:
+        """ids -> uint8 array."""
+        return np.asarray(torch.as_tensor(ids), dtype=np.uint8)
+
+    def labels(self) -> list[str]:
+        """The intensity of every id, for plots."""
+        return [str(level) for level in range(self.levels)]
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "levels": self.levels}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> CharTokenizer | PixelTokenizer:
     """The tokenizer saved at ``path`` (tokenizer.json of a run folder)."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -87,4 +121,6 @@ def load_tokenizer(path: Path) -> CharTokenizer:
         raise MaskdiffError(f"{path} is not a valid tokenizer file: {err}") from None
     if raw.get("type") == CharTokenizer.kind:
         return CharTokenizer(raw["chars"])
+    if raw.get("type") == PixelTokenizer.kind:
+        return PixelTokenizer(int(raw.get("levels", 256)))
     raise MaskdiffError(f"{path}: unknown tokenizer type {raw.get('type')!r}")

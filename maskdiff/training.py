@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
 from maskdiff.config import RunConfig
-from maskdiff.data import RandomCrops, chunks, prepare_data
+from maskdiff.data import chunks, prepare_data, training_batches
 from maskdiff.ema import EMA
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import EvalResult, evaluate_nelbo
@@ -120,7 +120,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     )
     ema = EMA(model, tc.ema_decay) if tc.ema_decay else None
     # each process draws its own crops and masks; the streams are part of the checkpoint
-    crops = RandomCrops(splits.train, cfg.data.seq_len, tc.batch_size, seed=tc.seed + 1 + 1000 * ctx.rank)
+    crops = training_batches(splits, cfg, tc.batch_size, seed=tc.seed + 1 + 1000 * ctx.rank)
     noise = torch.Generator(device=device).manual_seed(tc.seed + 2 + 1000 * ctx.rank)
     valid = chunks(splits.valid, cfg.data.seq_len)
 
@@ -187,12 +187,16 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
             while step < tc.steps:
                 step_loss = torch.zeros((), device=device)
                 for micro in range(tc.grad_accum):
-                    x0 = next(crops).to(device, non_blocking=True)
+                    batch = next(crops)
+                    # class-conditional image batches come with labels, which go to the denoiser
+                    x0, labels = batch if isinstance(batch, tuple) else (batch, None)
+                    x0 = x0.to(device, non_blocking=True)
+                    extra = {} if labels is None else {"labels": labels.to(device, non_blocking=True)}
                     # DDP averages gradients once per optimizer step, on the last micro-batch
                     sync = micro == tc.grad_accum - 1 or not ctx.active
                     with contextlib.nullcontext() if sync else trained.no_sync():
                         with autocast(device, precision):
-                            loss = trained(x0, generator=noise).mean() / seq_len  # train_loss in nats per token
+                            loss = trained(x0, generator=noise, **extra).mean() / seq_len  # train_loss in nats per token
                         (loss / tc.grad_accum).backward()
                     step_loss += loss.detach() / tc.grad_accum
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)

@@ -1,0 +1,232 @@
+"""Images from a trained run: sample (optionally class-conditional, guided, or inpainting), write a
+PNG grid and, on request, an animated GIF of the unmasking process.
+
+Inpainting keeps a region of a given image and samples the rest: the kept sub-pixels are the
+sampler's ``given`` positions, which never change. In the pictures of intermediate states a
+pixel with any sub-pixel still masked is drawn in :data:`MASK_COLOR`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from maskdiff.checkpoint import load_run
+from maskdiff.errors import MaskdiffError
+from maskdiff.hardware import autocast, resolve_device, resolve_precision
+from maskdiff.image_data import images_to_tokens, read_image_file, tokens_to_images
+from maskdiff.sampling import SamplerOptions, Step, iterate
+
+MASK_COLOR = (255, 0, 255)  # magenta: still masked
+KEEP_REGIONS = ("top", "bottom", "left", "right", "center", "outside")
+GIF_FRAMES = 48  # at most this many intermediate states in an animation
+
+
+@dataclass
+class ImageGeneration:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    path: Path  # the PNG grid
+    steps_path: Path | None  # the GIF (or PNG strip) of intermediate states, if asked for
+    seconds: float
+    nfe: int
+
+
+# ------------------------------------------------------------------ pictures
+def grid_shape(count: int) -> tuple[int, int]:
+    """(rows, columns) of a near-square grid holding ``count`` images."""
+    cols = math.ceil(math.sqrt(count))
+    return math.ceil(count / cols), cols
+
+
+def make_grid(images: np.ndarray, padding: int = 2, scale: int = 1, background: int = 255) -> np.ndarray:
+    """Images uint8 [N, H, W, C] tiled into one picture [rows*(H*scale+pad)+pad, cols*(W*scale+pad)+pad, C]."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise MaskdiffError("make_grid needs a non-empty batch of images [N, H, W, C]")
+    if scale < 1 or padding < 0:
+        raise MaskdiffError(f"grid scale must be >= 1 and padding >= 0, got {scale} and {padding}")
+    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = images.shape
+    rows, cols = grid_shape(n)
+    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), background, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, k = divmod(i, cols)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def _pil(picture: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(picture[..., 0] if picture.shape[2] == 1 else picture)
+
+
+def save_png(picture: np.ndarray, path: str | Path) -> Path:
+    """Write uint8 [H, W, C] (C = 1, 3 or 4) as a PNG file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _pil(picture).save(path, format="PNG")
+    return path
+
+
+def state_pictures(z: torch.Tensor, mask_id: int, image_size: int, channels: int) -> np.ndarray:
+    """Intermediate states [N, L] as RGB images [N, H, W, 3]; pixels with a masked sub-pixel in MASK_COLOR."""
+    masked = (z == mask_id).view(z.shape[0], image_size, image_size, channels).any(-1).cpu().numpy()
+    pixels = tokens_to_images(torch.where(z == mask_id, 0, z), image_size, channels)
+    rgb = np.repeat(pixels, 3, axis=-1) if channels == 1 else pixels[..., :3].copy()
+    rgb[masked] = MASK_COLOR
+    return rgb
+
+
+def save_animation(frames: list[np.ndarray], path: str | Path, seconds: float = 4.0) -> Path:
+    """Frames (RGB pictures of one size) as an animated GIF that holds the last frame, or as a
+    horizontal PNG strip when ``path`` ends in .png."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        strip = np.concatenate([np.pad(f, ((0, 0), (0, 4), (0, 0)), constant_values=255) for f in frames], axis=1)
+        return save_png(strip, path)
+    pictures = [_pil(f) for f in frames]
+    durations = [max(20, int(1000 * seconds / len(frames)))] * (len(frames) - 1) + [2000]
+    pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+    return path
+
+
+# ------------------------------------------------------------------ inpainting
+def keep_mask(region: str, image_size: int, channels: int) -> torch.Tensor:
+    """Which sub-pixels an inpainting keeps: top/bottom/left/right half, the center square (half
+    the side), or everything outside it.  -> bool [H*W*C]"""
+    if region not in KEEP_REGIONS:
+        raise MaskdiffError(f"unknown region {region!r}; choose one of {', '.join(KEEP_REGIONS)}")
+    s, half = image_size, image_size // 2
+    keep = torch.zeros(s, s, dtype=torch.bool)
+    rows, cols = slice(None), slice(None)
+    if region == "top":
+        rows = slice(0, half)
+    elif region == "bottom":
+        rows = slice(half, s)
+    elif region == "left":
+        cols = slice(0, half)
+    elif region == "right":
+        cols = slice(half, s)
+    else:
+        quarter = s // 4
+        rows = cols = slice(quarter, quarter + half)
+    keep[rows, cols] = True
+    if region == "outside":
+        keep = ~keep
+    return keep[:, :, None].expand(s, s, channels).reshape(-1)
+
+
+def inpainting_given(pixels: np.ndarray, region: str, mask_id: int) -> torch.Tensor:
+    """The sampler's ``given`` row for an image [H, W, C]: kept sub-pixels, the mask id elsewhere.  -> [L]"""
+    h, w, c = pixels.shape
+    tokens = images_to_tokens(pixels[None])[0]
+    return torch.where(keep_mask(region, h, c), tokens, mask_id)
+
+
+# ------------------------------------------------------------------ the whole job
+def is_image_run(checkpoint: str | Path) -> bool:
+    """Whether the run folder (or checkpoint) was trained on images, from its config alone."""
+    from maskdiff.checkpoint import resolve_checkpoint
+    from maskdiff.config import RunConfig
+
+    run_dir, _ = resolve_checkpoint(checkpoint)
+    return RunConfig.load(run_dir / "config.json").data.is_image
+
+
+def default_output(run_dir: Path, inpaint: bool) -> Path:
+    return run_dir / ("inpainting.png" if inpaint else "samples.png")
+
+
+def generate_images(
+    checkpoint: str | Path,
+    num_samples: int = 16,
+    steps: int = 256,
+    seed: int = 0,
+    label: int | None = None,
+    inpaint: str | Path | None = None,
+    keep: str = "top",
+    output: str | Path | None = None,
+    show_steps: bool = False,
+    steps_output: str | Path | None = None,
+    scale: int = 1,
+    weights: str = "ema",
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    **sampler_options,
+) -> ImageGeneration:
+    """Sample ``num_samples`` images from an image run and write them as a PNG grid.
+
+    ``output`` defaults to ``RUN/samples.png`` (``RUN/inpainting.png`` when inpainting).
+    ``label`` samples that class (class-conditional runs); ``cfg`` in ``sampler_options`` is the
+    classifier-free guidance weight towards it. ``inpaint`` is a PNG/JPEG file of the run's image
+    size whose ``keep`` region is kept in every sample. ``show_steps`` also writes the unmasking
+    process as a GIF (``steps_output``, default: the grid's name with ``-steps.gif``; a .png
+    name gives a strip).
+    """
+    dev = resolve_device(device)
+    run = load_run(checkpoint, weights=weights, device=dev)
+    data = run.config.data
+    if not data.is_image:
+        raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
+    size, channels, mask_id = data.image_size, data.channels, run.model.mask_id
+    if num_samples < 1:
+        raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
+    options = SamplerOptions(**sampler_options)
+    num_classes = run.config.model.num_classes
+    labels = None
+    if label is not None:
+        if not num_classes:
+            raise MaskdiffError("this run is not class-conditional (model.num_classes = 0); drop the label")
+        if not 0 <= label < num_classes:
+            raise MaskdiffError(f"label {label} is out of range: the run has classes 0..{num_classes - 1}")
+        labels = torch.full((num_samples,), label, dtype=torch.long)
+    if options.cfg and labels is None:
+        raise MaskdiffError("classifier-free guidance on images needs a class label to guide towards")
+    given = None
+    if inpaint is not None:
+        pixels = read_image_file(inpaint, channels)
+        if pixels.shape[:2] != (size, size):
+            raise MaskdiffError(f"image {str(inpaint)!r} is {pixels.shape[1]}x{pixels.shape[0]}, the run models {size}x{size} images")
+        given = inpainting_given(pixels, keep, mask_id).expand(num_samples, -1).clone()
+    path = Path(output) if output is not None else default_output(run.run_dir, inpaint is not None)
+    if path.suffix.lower() != ".png":
+        raise MaskdiffError(f"the sample grid is a PNG file; {str(path)!r} does not end in .png")
+
+    generator = torch.Generator().manual_seed(seed)
+    record = set(np.linspace(0, steps, min(steps + 1, GIF_FRAMES)).round().astype(int).tolist()) if show_steps else set()
+    frames: list[np.ndarray] = []
+    start = time.perf_counter()
+    step = None
+    states = iterate(
+        run.model, num_samples, size * size * channels, steps, given=given, generator=generator, device=dev,
+        options=options, labels=labels,
+    )
+    # "auto" follows the run's own precision: image runs on CPUs train in fp32 (bf16 convolutions are slow there)
+    dtype = resolve_precision(run.config.train.precision if precision == "auto" else precision, dev)
+    with autocast(dev, dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
+        for step in states:
+            bar.total = step.total
+            bar.update(step.index - bar.n)
+            if step.index in record or (show_steps and step.index == step.total):
+                frames.append(make_grid(state_pictures(step.z, mask_id, size, channels), scale=scale))
+            if on_step is not None:
+                on_step(step)
+    seconds = time.perf_counter() - start
+    images = tokens_to_images(step.z, size, channels)
+    save_png(make_grid(images, scale=scale), path)
+    steps_path = None
+    if show_steps:
+        steps_path = Path(steps_output) if steps_output is not None else path.with_name(path.stem + "-steps.gif")
+        save_animation(frames, steps_path)
+    return ImageGeneration(images, path, steps_path, seconds, step.nfe)
