@@ -123,6 +123,8 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     if args.samples is not None:
         return eval_samples(args)
+    if args.judge is not None:
+        raise MaskdiffError("--judge scores generated text: use it with --samples FILE")
     if args.checkpoint is None:
         raise MaskdiffError("the following arguments are required: --checkpoint DIR (or --samples FILE to score generated text)")
     from maskdiff.evaluation import evaluate_checkpoint
@@ -151,13 +153,13 @@ def cmd_eval(args) -> int:
     else:
         bound = "NELBO, continuous-time" if result.timesteps is None else f"NELBO, discrete-time (T={result.timesteps})"
         per_sequence = f"{result.samples_per_sequence} Monte Carlo sample(s) each"
-    mc = "" if result.bits_per_token_mc_stderr is None else f" (Monte Carlo part ± {result.bits_per_token_mc_stderr:.4f})"
+    mc = "" if not result.bits_per_token_mc_stderr else f" (Monte Carlo part ± {result.bits_per_token_mc_stderr:.4f})"
     print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
     print(f"data:       {info['data']}: {result.num_sequences} sequences, {result.num_tokens} tokens, {per_sequence}")
     if info["skipped_characters"]:
         print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
-    print(f"perplexity {'' if result.estimator == 'chain_rule' else 'bound'}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    print(f"perplexity{'' if result.estimator == 'chain_rule' else ' bound'}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
     return 0
 
 

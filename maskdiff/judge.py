@@ -104,6 +104,7 @@ def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
     except ImportError:
         raise MaskdiffError(f"generative perplexity needs the transformers package; {INSTALL_HINT}") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # the GGUF de-quantization bar; maskdiff shows its own
     path = packaged_judge_file() if name_or_path == PACKAGED_JUDGE else Path(name_or_path)
     kwargs: dict = {}
     if path.suffix == ".gguf" and path.is_file():

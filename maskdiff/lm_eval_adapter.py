@@ -57,7 +57,7 @@ class MaskdiffLM(LM):
         checkpoint: str,
         mc_samples: int = 32,
         cfg: float = 0.0,
-        batch_size: int | str = 32,
+        mc_batch_size: int = 64,
         steps: int = 64,
         method: str = "low_confidence",
         max_length: int | None = None,
@@ -69,13 +69,21 @@ class MaskdiffLM(LM):
         **unused,
     ):
         super().__init__()
+        unknown = sorted(set(unused) - {"batch_size", "max_batch_size", "trust_remote_code"})  # what the harness itself passes
+        if unknown:
+            print(f"maskdiff: warning: model_args not used by maskdiff: {', '.join(unknown)}", file=sys.stderr)
         if int(mc_samples) < 1:
             raise MaskdiffError(f"mc_samples must be >= 1, got {mc_samples}")
-        self.device_ = resolve_device(device)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # the harness asks for cuda by default
+        self.device_ = resolve_device(str(device))
         self.run = load_run(checkpoint, weights=weights, device=self.device_)
         self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self.mc_samples, self.cfg, self.steps, self.method = int(mc_samples), float(cfg), int(steps), method
-        self.batch_size = 32 if batch_size in ("auto", None) else int(str(batch_size).split(":")[0])
+        # draws per network call; the harness's own batch_size (requests per call) is not used
+        self.batch_size = int(mc_batch_size)
+        if self.batch_size < 1:
+            raise MaskdiffError(f"mc_batch_size must be >= 1, got {mc_batch_size}")
         self.max_length = int(max_length or self.run.config.data.seq_len)
         self.seed, self.progress = int(seed), bool(progress)
         self.dtype = resolve_precision(precision, self.device_)
