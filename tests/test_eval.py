@@ -132,7 +132,7 @@ def test_eval_json_reports_bound_perplexity_stderr_and_tokens(run_dir, capsys):
     assert code == 0 and chain["estimator"] == "chain_rule" and chain["num_tokens"] == 36
     # every key is documented in the README's eval table
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    documented = set(re.findall(r"`([a-z_0-9]+)`", readme[readme.index("### `maskdiff eval --json`"):]))
+    documented = set(re.findall(r"`([a-z_0-9]+)`", readme[readme.index("#### `maskdiff eval --json` keys"):]))
     assert set(result) | set(chain) <= documented, set(result) - documented
 
 
