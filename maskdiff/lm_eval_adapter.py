@@ -29,6 +29,7 @@ Characters the checkpoint's tokenizer cannot encode are dropped (a warning count
 from __future__ import annotations
 
 import sys
+import zlib
 
 import torch
 from tqdm.auto import tqdm
@@ -97,9 +98,9 @@ class MaskdiffLM(LM):
             self.dropped += len(text) - len(kept)
         return self.tokenizer.encode(kept)
 
-    def _generator(self, index: int) -> torch.Generator:
-        # one stream per request: scores do not depend on the order or batching of requests
-        return torch.Generator(device=self.device_).manual_seed(self.seed * 1_000_003 + index)
+    def _generator(self, key: str) -> torch.Generator:
+        # a stream per request text: a score does not depend on the order or batching of requests
+        return torch.Generator(device=self.device_).manual_seed(self.seed * 2**32 + zlib.crc32(key.encode("utf-8")))
 
     def _logits(self, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Denoiser logits [B, L, V] in float32, with unsupervised CFG when ``cfg`` is set.
@@ -112,8 +113,9 @@ class MaskdiffLM(LM):
         cond, uncond = both.chunk(2)
         return uncond + (self.cfg + 1) * (cond - uncond)
 
-    def score(self, context: torch.Tensor, continuation: torch.Tensor, index: int) -> tuple[float, bool]:
-        """(lower bound on log p(continuation | context) in nats, greedy?) for 1-D id tensors."""
+    def score(self, context: torch.Tensor, continuation: torch.Tensor, key: str) -> tuple[float, bool]:
+        """(lower bound on log p(continuation | context) in nats, greedy?) for 1-D id tensors;
+        ``key`` seeds the draws. A continuation longer than ``max_length`` keeps its last tokens."""
         if continuation.numel() == 0:
             return 0.0, True
         keep = max(0, self.max_length - continuation.numel())  # the context that still fits, from the right
@@ -122,10 +124,10 @@ class MaskdiffLM(LM):
         length, mask_id = x.numel(), self.model.mask_id
         target = torch.zeros(length, dtype=torch.bool, device=self.device_)
         target[length - min(continuation.numel(), length) :] = True  # positions that may be masked
-        generator = self._generator(index)
+        generator = self._generator(key)
         m = int(target.sum())
         total = 0.0
-        u = torch.rand((), generator=generator, dtype=torch.float64).item()  # one offset for all K strata
+        u = torch.rand((), generator=generator, dtype=torch.float64, device=self.device_).item()  # one offset for all K strata
         for start in range(0, self.mc_samples, self.batch_size):
             k = min(self.batch_size, self.mc_samples - start)
             # l masked continuation tokens, stratified over the K draws: l_j = 1 + floor(((u + j/K) mod 1) m)
@@ -157,7 +159,7 @@ class MaskdiffLM(LM):
     # ------------------------------------------------------------------ the LM interface
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """For each (context, continuation): (MC lower bound on log p(continuation | context), is_greedy)."""
-        out = [self.score(self.encode(ctx), self.encode(cont), i) for i, (ctx, cont) in enumerate(r.args for r in self._requests(requests, "loglikelihood"))]
+        out = [self.score(self.encode(ctx), self.encode(cont), f"{ctx}\0{cont}") for ctx, cont in (r.args for r in self._requests(requests, "loglikelihood"))]
         self._warn_dropped()
         return out
 
@@ -166,12 +168,13 @@ class MaskdiffLM(LM):
         up to ``max_length // 2`` tokens before it."""
         out = []
         stride = max(1, self.max_length // 2)
-        for i, request in enumerate(self._requests(requests, "loglikelihood_rolling")):
-            ids = self.encode(request.args[0])
+        for request in self._requests(requests, "loglikelihood_rolling"):
+            text = request.args[0]
+            ids = self.encode(text)
             total = 0.0
             for start in range(0, ids.numel(), stride):
                 before = ids[max(0, start - (self.max_length - stride)) : start]
-                total += self.score(before, ids[start : start + stride], i * 1_000_003 + start)[0]
+                total += self.score(before, ids[start : start + stride], f"{text}\0{start}")[0]
             out.append(total)
         self._warn_dropped()
         return out
@@ -182,7 +185,7 @@ class MaskdiffLM(LM):
         from maskdiff.sampling import sample
 
         out = []
-        for i, request in enumerate(self._requests(requests, "generate_until")):
+        for request in self._requests(requests, "generate_until"):
             context, options = request.args
             until = options.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
@@ -192,7 +195,7 @@ class MaskdiffLM(LM):
             given = torch.cat([ids, torch.full((new,), self.model.mask_id, dtype=torch.long)])[None].to(self.device_)
             temperature = float(options.get("temperature", 0.0))
             with autocast(self.device_, self.dtype):
-                z = sample(self.model, 1, given.shape[1], max(1, min(self.steps, new)), given=given, generator=self._generator(i),
+                z = sample(self.model, 1, given.shape[1], max(1, min(self.steps, new)), given=given, generator=self._generator(context),
                            method=self.method, temperature=temperature, cfg=self.cfg)
             text = self.tokenizer.decode(z[0, ids.numel() :].tolist())
             for stop in until:

@@ -126,3 +126,9 @@ def test_rolling_likelihood_and_generation_on_a_trained_run(run_dir):
     assert len(out[0]) <= 12 and "." not in out[0] and len(out[1]) == 5
     with pytest.raises(maskdiff.MaskdiffError, match="mc_samples must be >= 1"):
         MaskdiffLM(checkpoint=str(run_dir), mc_samples=0)
+
+
+def test_scores_do_not_depend_on_the_order_of_requests(toy):
+    lm = oracle_lm(toy, mc_samples=16)
+    a, b = request("ab", "ca"), request("c", "bba")
+    assert lm.loglikelihood([a, b]) == lm.loglikelihood([b, a])[::-1]
