@@ -11,6 +11,7 @@ imported only here.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 from collections import Counter
@@ -94,6 +95,16 @@ def packaged_judge_file() -> Path:
     return found[0]
 
 
+def _silence_gguf_progress() -> None:
+    """transformers de-quantizes GGUF files under a bare tqdm bar that ignores its logging settings."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return
+    if hasattr(gguf_utils, "tqdm"):
+        gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+
+
 def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
     """A judge model from ``smollm2``, a GGUF file, a local model folder, or a cached hub id.
 
@@ -104,7 +115,7 @@ def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
     except ImportError:
         raise MaskdiffError(f"generative perplexity needs the transformers package; {INSTALL_HINT}") from None
     transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # the GGUF de-quantization bar; maskdiff shows its own
+    transformers.logging.disable_progress_bar()
     path = packaged_judge_file() if name_or_path == PACKAGED_JUDGE else Path(name_or_path)
     kwargs: dict = {}
     if path.suffix == ".gguf" and path.is_file():
@@ -115,6 +126,7 @@ def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
         raise MaskdiffError(f"judge model {name_or_path!r} not found: expected a model folder, a .gguf file, a cached hub id or {PACKAGED_JUDGE!r}")
     else:
         source = name_or_path  # a hub id: only what is already in the local cache when offline
+    _silence_gguf_progress()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
