@@ -157,14 +157,24 @@ class SampleQuality:
         return asdict(self)
 
 
+def document_start(tokenizer) -> int | None:
+    """The token a judge sees before a text: ``<|endoftext|>`` where the vocabulary has it (the
+    document separator of GPT-2-style LMs; chat models often declare a chat-turn token as BOS,
+    which fits plain text worse), else BOS, else EOS."""
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        return vocab["<|endoftext|>"]
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 def judge_nll(judge: Judge, texts: list[str], batch_size: int = 8, progress: bool = False) -> tuple[float, int]:
     """Total negative log-likelihood (nats) of ``texts`` under the judge, and the number of tokens scored.
 
-    Each text is preceded by the judge's BOS (else EOS) token so that its first token is scored
-    too; texts longer than the judge's context are scored in consecutive windows.
+    Each text is preceded by :func:`document_start` so that its first token is scored too;
+    texts longer than the judge's context are scored in consecutive windows.
     """
     tok, model = judge.tokenizer, judge.model
-    start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    start_id = document_start(tok)
     window = judge.max_length - 1
     pieces: list[list[int]] = []
     for text in texts:
