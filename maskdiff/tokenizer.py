@@ -50,6 +50,22 @@ class CharTokenizer:
         values, counts = np.unique(codes[~found], return_counts=True)
         return Counter({chr(v): int(n) for v, n in zip(values, counts)})
 
+    def describe_unknown(self, text: str, limit: int = 10) -> str | None:
+        """One line naming the characters of ``text`` outside the vocabulary with their counts
+        (most frequent first, e.g. "12 characters the tokenizer cannot encode: 'é' x7, '—' x5"),
+        or None when every character is known."""
+        missing = self.unknown(text)
+        if not missing:
+            return None
+        shown = ", ".join(f"{c!r} x{n}" for c, n in missing.most_common(limit))
+        more = f" and {len(missing) - limit} more distinct" if len(missing) > limit else ""
+        return f"{sum(missing.values())} characters the tokenizer cannot encode: {shown}{more}"
+
+    def drop_unknown(self, text: str) -> str:
+        """``text`` without the characters outside the vocabulary."""
+        codes, _, found = self._lookup(text)
+        return codes[found].tobytes().decode("utf-32-le")
+
     def encode(self, text: str) -> torch.Tensor:
         """text -> LongTensor [len(text)]; raises on characters outside the vocabulary."""
         codes, pos, found = self._lookup(text)

@@ -39,7 +39,7 @@ def test_train_sample_eval_end_to_end(trained, capsys, corpus_file):
     assert len(texts) == 2 and all(len(t) == 20 for t in texts)
     assert "tokens/s" in err
 
-    code, out, _ = run(capsys, "eval", "--checkpoint", str(trained), "--json", "--samples", "2")
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(trained), "--json", "--mc-samples", "2")
     assert code == 0
     result = json.loads(out)
     assert {"bits_per_token", "bits_per_token_stderr", "perplexity", "num_tokens"} <= result.keys()
@@ -102,7 +102,7 @@ def bad_inputs(tmp_path, corpus_file):
         (["sample"], "required: --checkpoint"),
         (["sample", "--checkpoint", str(tmp_path / "nowhere"), "--method", "best"], "invalid choice"),
         (["eval"], "required: --checkpoint"),
-        (["eval", "--checkpoint", str(tmp_path / "nowhere"), "--samples", "x"], "invalid int value"),
+        (["eval", "--checkpoint", str(tmp_path / "nowhere"), "--mc-samples", "x"], "invalid int value"),
         (["presets", "--show", "nope"], "unknown preset"),
         (["nonsense"], "invalid choice"),
         ([], "required: COMMAND"),
@@ -125,7 +125,7 @@ def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path, corpus_file, capsy
 
 def test_malformed_numbers_for_a_trained_run_are_clear_errors(trained, capsys):
     cases = [
-        (["eval", "--samples", "0"], "samples must be >= 1"),
+        (["eval", "--mc-samples", "0"], "samples must be >= 1"),
         (["eval", "--timesteps", "0"], "timesteps must be >= 1"),
         (["eval", "--batch-size", "0"], "batch size must be >= 1"),
         (["eval", "--length", "0"], "length must be >= 1"),
@@ -150,7 +150,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_eval_refuses_text_outside_the_vocabulary(trained, tmp_path, capsys):
     (tmp_path / "greek.txt").write_text("αβγ" * 100, encoding="utf-8")
     code, _, err = run(capsys, "eval", "--checkpoint", str(trained), "--data", str(tmp_path / "greek.txt"))
-    assert code == 1 and "not in the vocabulary" in err and "'α'" in err
+    assert code == 1 and "cannot encode" in err and "'α' x100" in err and "--skip-unknown" in err
 
 
 def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
@@ -158,7 +158,7 @@ def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
     assert run(capsys, "train", "--out", str(trained), "--quiet", *SMALL)[0] == 1  # refuses to overwrite
     assert run(capsys, "train", "--out", str(trained), "--resume", "--set", "train.lr=-1")[0] == 1
     assert run(capsys, "train", "--out", str(trained), "--resume", "--set", "train.steps=3")[0] == 1  # already past it
-    assert run(capsys, "eval", "--checkpoint", str(trained), "--samples", "0")[0] == 1
+    assert run(capsys, "eval", "--checkpoint", str(trained), "--mc-samples", "0")[0] == 1
     after = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
     assert files == after
 
