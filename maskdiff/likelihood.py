@@ -22,12 +22,18 @@ from maskdiff.hardware import autocast
 
 
 def time_for_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
-    """t in [0, 1] with alpha(t) = target (clipped to alpha's range), by bisection; alpha decreases."""
+    """t in [0, 1] with alpha(t) = target (clipped to alpha's range), by bisection; alpha decreases.
+
+    With a schedule per token value (GenMD4) alpha is averaged over the values.
+    """
     lo = torch.zeros_like(target, dtype=torch.float64)
     hi = torch.ones_like(target, dtype=torch.float64)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        above = schedule.alpha(mid) > target  # still too early: move right
+        alpha = schedule.alpha(mid).detach()
+        if alpha.ndim > mid.ndim:
+            alpha = alpha.mean(-1)
+        above = alpha > target  # still too early: move right
         lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     return (lo + hi) / 2
 
