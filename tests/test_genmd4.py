@@ -271,3 +271,13 @@ def test_bad_arguments_are_clear_errors():
         GenMD4(None, 3, t1=1.0)
     with pytest.raises(MaskdiffError, match="vocab_size"):
         GenMD4(None, 0)
+
+
+def test_chain_rule_likelihood_of_a_genmd4_model_is_a_distribution(toy):
+    """Left-to-right decoding with any GenMD4 denoiser defines a distribution: it sums to 1 over all sequences."""
+    from maskdiff.likelihood import chain_rule_log_likelihood
+
+    model = GenMD4(FixedDenoiser(toy.V, toy.L), toy.V)
+    set_powers(model, [0.6, 1.5, 3.0])
+    log_p = chain_rule_log_likelihood(model, toy.table, batch_size=64)
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
