@@ -111,15 +111,17 @@ class GenMD4(DiffusionModel):
         if timesteps is None:
             rate = schedule.weight(t)  # [B, V]
             rate_x = per_token(rate, x0)
-            rate_mu = torch.einsum("blv,bv->bl", log_mu.exp(), rate.to(log_mu.dtype))
-            per_position = rate_x * ce + (rate_mu - rate_x)
+            # r.mu - r_x as sum_v mu_v (r_v - r_x): exactly 0 when all rates agree, and elementwise
+            # in float32 (an autocast bf16 matmul would lose the small difference of large rates)
+            extra = (log_mu.exp() * (rate[:, None, :] - rate_x[..., None]).float()).sum(-1)
+            per_position = rate_x * ce + extra
             scale = 1 - self.t1
         else:
             s = self._previous_grid_time(t, timesteps)
             alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
             gamma = (alpha_s - alpha_t) / (1 - alpha_t)  # [B, V]: chance that a masked v is revealed by s
             gamma_x = per_token(gamma, x0)
-            gamma_mu = torch.einsum("blv,bv->bl", log_mu.exp(), gamma.to(log_mu.dtype))
+            gamma_mu = (log_mu.exp() * gamma[:, None, :].float()).sum(-1)
             # KL of {reveal x, stay masked} under q against {reveal v w.p. mu_v gamma_v, stay} under the model
             per_position = gamma_x * ce + (1 - gamma_x) * (torch.log1p(-gamma_x) - torch.log1p(-gamma_mu))
             scale = timesteps

@@ -281,3 +281,18 @@ def test_chain_rule_likelihood_of_a_genmd4_model_is_a_distribution(toy):
     set_powers(model, [0.6, 1.5, 3.0])
     log_p = chain_rule_log_likelihood(model, toy.table, batch_size=64)
     assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_bound_is_computed_in_float32_under_bf16_autocast():
+    """The extra term is a small difference of large rates near t1; bf16 matmuls would destroy it."""
+    V, L, B = 50, 16, 32
+    model = GenMD4(FixedDenoiser(V, L), V)
+    set_powers(model, torch.linspace(0.6, 3.0, V).tolist())
+    x0 = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(1e-3, 0.05, B)
+    z = mask_tokens(x0, model.token_alpha(x0, t).detach(), V, torch.Generator().manual_seed(1))
+    logits = FixedDenoiser(V, L)(z, t)
+    plain = model.loss_from_logits(logits, x0, z, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.loss_from_logits(logits, x0, z, t)
+    assert torch.allclose(mixed.float(), plain, rtol=1e-5, atol=1e-4)
