@@ -77,6 +77,15 @@ TEXT_ONLY = ("prompt", "infill", "eos", "length")
 IMAGE_ONLY = ("label", "inpaint", "scale")
 
 
+def _rule_options(args) -> dict:
+    """The sampler options that text and image runs share, from the sample subcommand's flags."""
+    return {
+        "method": args.method, "grid": args.grid, "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "tokens_per_step": args.tokens_per_step, "threshold": args.threshold,
+        "block_size": args.block_size, "cfg": args.cfg, "cache": not args.no_cache,
+    }
+
+
 def _sample_images(args) -> int:
     """cmd_sample for a run trained on images: a PNG grid (and a GIF of the steps)."""
     from maskdiff.image_sampling import generate_images
@@ -98,16 +107,7 @@ def _sample_images(args) -> int:
         weights=args.weights,
         precision=args.precision,
         progress=not args.quiet,
-        method=args.method,
-        grid=args.grid,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        tokens_per_step=args.tokens_per_step,
-        threshold=args.threshold,
-        block_size=args.block_size,
-        cfg=args.cfg,
-        cache=not args.no_cache,
+        **_rule_options(args),
     )
     print(f"sample grid: {gen.path}")
     if gen.steps_path is not None:
@@ -144,18 +144,9 @@ def cmd_sample(args) -> int:
         precision=args.precision,
         progress=not args.quiet,
         on_step=show if args.show_steps else None,
-        method=args.method,
-        grid=args.grid,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        tokens_per_step=args.tokens_per_step,
-        threshold=args.threshold,
-        block_size=args.block_size,
-        cfg=args.cfg,
         min_length=args.min_length,
         truncate_after_eos=args.eos is not None,
-        cache=not args.no_cache,
+        **_rule_options(args),
     )
     divider = "\n" + "-" * 40 + "\n"
     output = divider.join(gen.texts)
