@@ -160,12 +160,11 @@ class GenMD4(DiffusionModel):
 
     def log_q(self, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log q(z_t | x0) of a masking, differentiable in w.  -> [B]"""
-        keep = self.token_alpha(x0, t)
-        masked = z_t == self.mask_id
-        return torch.where(masked, torch.log1p(-keep), keep.log()).sum(-1)
+        return self._log_q(self.token_alpha(x0, t), z_t)
 
-    def _mask(self, x0, t, generator):
-        return mask_tokens(x0, self.token_alpha(x0, t).detach(), self.mask_id, generator)
+    def _log_q(self, keep: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """log q(z_t | x0) from the tokens' keep probabilities keep [B, L].  -> [B]"""
+        return torch.where(z_t == self.mask_id, torch.log1p(-keep), keep.log()).sum(-1)
 
     def nelbo(
         self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
@@ -178,7 +177,7 @@ class GenMD4(DiffusionModel):
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
         t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
-        z_t = self._mask(x0, t, generator)
+        z_t = mask_tokens(x0, self.token_alpha(x0, t).detach(), self.mask_id, generator)
         return self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps) + self.boundary_terms(x0)
 
     def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -189,11 +188,13 @@ class GenMD4(DiffusionModel):
         """
         batch = x0.shape[0]
         t = self.draw_times(batch, x0.device, None, generator)
-        z1, z2 = self._mask(x0, t, generator), self._mask(x0, t, generator)
+        keep = self.token_alpha(x0, t)  # [B, L], differentiable in w
+        z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
+        z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
         both_labels = None if labels is None else torch.cat([labels, labels])
         logits = self.predict(torch.cat([z1, z2]), torch.cat([t, t]), both_labels)  # both maskings in one call
         l1 = self.loss_from_logits(logits[:batch], x0, z1, t)
         l2 = self.loss_from_logits(logits[batch:], x0, z2, t)
-        score = 0.5 * (l1 - l2).detach() * (self.log_q(x0, z1, t) - self.log_q(x0, z2, t))
+        score = 0.5 * (l1 - l2).detach() * (self._log_q(keep, z1) - self._log_q(keep, z2))
         bound = 0.5 * (l1 + l2) + self.boundary_terms(x0)
         return bound + (score - score.detach())  # zero in value, the RLOO term in gradient
