@@ -71,6 +71,19 @@ def make_corpus(num_chars: int = 40_000, seed: int = 0) -> str:
     return "".join(out)[:num_chars]
 
 
+def lose_checkpoints_after(run_dir, step: int) -> None:
+    """Delete every checkpoint after ``step`` and point LATEST back to it, as a crash would leave the run."""
+    import shutil
+
+    from maskdiff.checkpoint import CHECKPOINTS, LATEST
+
+    folder = run_dir / CHECKPOINTS
+    for checkpoint in folder.glob("step-*"):
+        if int(checkpoint.name.split("-")[-1]) > step:
+            shutil.rmtree(checkpoint)
+    (folder / LATEST).write_text(f"step-{step:06d}\n")
+
+
 @pytest.fixture
 def corpus_file(tmp_path):
     path = tmp_path / "corpus.txt"

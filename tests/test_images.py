@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from maskdiff.checkpoint import CHECKPOINTS, LATEST, load_run
+from conftest import lose_checkpoints_after
+from maskdiff.checkpoint import CHECKPOINTS, load_run
 from maskdiff.cli import main
 from maskdiff.config import DataConfig, ModelConfig, RunConfig
 from maskdiff.diffusion import MaskedDiffusion
@@ -202,8 +202,7 @@ def test_a_class_conditional_image_run_resumes_exactly(tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(cfg, straight, progress=False)
     train(cfg, interrupted, progress=False)
-    shutil.rmtree(interrupted / CHECKPOINTS / "step-000006")
-    (interrupted / CHECKPOINTS / LATEST).write_text("step-000003\n")
+    lose_checkpoints_after(interrupted, 3)
     train(cfg, interrupted, resume=True, progress=False)
     a = load_file(straight / CHECKPOINTS / "step-000006" / "model.safetensors")
     b = load_file(interrupted / CHECKPOINTS / "step-000006" / "model.safetensors")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskdiff.checkpoint import CHECKPOINTS, LATEST, list_checkpoints, load_run
+from conftest import lose_checkpoints_after
+from maskdiff.checkpoint import CHECKPOINTS, list_checkpoints, load_run
 from maskdiff.errors import MaskdiffError
 from maskdiff.metrics import read_metrics
 from maskdiff.presets import get_preset
@@ -46,9 +46,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus_file, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(cfg, straight, progress=False)
     train(cfg, interrupted, progress=False)
-    # lose everything after the step-6 checkpoint, as a crash would
-    shutil.rmtree(interrupted / CHECKPOINTS / "step-000012")
-    (interrupted / CHECKPOINTS / LATEST).write_text("step-000006\n")
+    lose_checkpoints_after(interrupted, 6)
     train(cfg, interrupted, resume=True, progress=False)
 
     for name in ("model.safetensors", "ema.safetensors"):
@@ -129,8 +127,7 @@ def test_torchrun_two_processes_train_and_resume_exactly(corpus_file, tmp_path):
     out = torchrun("--out", str(straight)).stdout
     assert out.count("done: 4 steps") == 1  # only rank 0 reports
     torchrun("--out", str(interrupted))
-    shutil.rmtree(interrupted / CHECKPOINTS / "step-000004")
-    (interrupted / CHECKPOINTS / LATEST).write_text("step-000002\n")
+    lose_checkpoints_after(interrupted, 2)
     torchrun("--out", str(interrupted), "--resume")
     a = load_file(straight / CHECKPOINTS / "step-000004" / "model.safetensors")
     b = load_file(interrupted / CHECKPOINTS / "step-000004" / "model.safetensors")
