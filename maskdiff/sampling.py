@@ -250,20 +250,17 @@ class Denoise:
         z = z[rows]
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
+        labels = None if self.labels is None else self.labels[rows]
         with torch.no_grad():
-            if self.labels is not None:
-                labels = self.labels[rows]
-                if self.options.cfg == 0:
-                    return self.model.denoiser(z, times, labels=labels).double()
-                both = torch.cat([labels, torch.full_like(labels, -1)])
-                cond, uncond = self.model.denoiser(torch.cat([z, z]), torch.cat([times, times]), labels=both).double().chunk(2)
-                return uncond + (self.options.cfg + 1) * (cond - uncond)
-            if self.options.cfg == 0 or self.prompt is None:
-                return self.model.denoiser(z, times).double()
-            # unconditional pass: the same sequences with the prompt masked; both in one batch
-            unconditional = torch.where(self.prompt[rows], self.model.mask_id, z)
-            both = self.model.denoiser(torch.cat([z, unconditional]), torch.cat([times, times])).double()
-            cond, uncond = both.chunk(2)
+            if self.options.cfg == 0 or (labels is None and self.prompt is None):
+                return self.model.predict(z, times, labels).double()
+            # unconditional pass: the null label, or else the same sequences with the prompt masked
+            if labels is not None:
+                unconditional, both_labels = z, torch.cat([labels, torch.full_like(labels, -1)])
+            else:
+                unconditional, both_labels = torch.where(self.prompt[rows], self.model.mask_id, z), None
+            both = self.model.predict(torch.cat([z, unconditional]), torch.cat([times, times]), both_labels)  # one batch
+            cond, uncond = both.double().chunk(2)
             return uncond + (self.options.cfg + 1) * (cond - uncond)
 
 
@@ -281,7 +278,8 @@ def iterate(
 ) -> Iterator[Step]:
     """Yield the initial state and the state after every step; the last has no mask ids.
 
-    ``model`` needs ``denoiser``, ``schedule`` and ``mask_id`` (a :class:`MaskedDiffusion`).
+    ``model`` is a :class:`maskdiff.diffusion.DiffusionModel` (MaskedDiffusion or GenMD4): the
+    sampler uses its ``predict``, ``schedule`` and ``mask_id``.
     ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
     ``cfg`` those positions form the prompt that the unconditional pass masks.
     ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
