@@ -19,7 +19,6 @@ from maskdiff.checkpoint import load_run
 from maskdiff.hardware import autocast, resolve_precision
 from maskdiff.models import build_model
 from maskdiff.presets import get_preset
-from maskdiff.sampling import iterate
 
 RULES = [
     ("ancestral", {}),
@@ -49,7 +48,7 @@ def main() -> None:
         cfg = get_preset("tiny")
         model = build_model(cfg, vocab_size=84, seed=0).eval()
         with torch.no_grad():  # a zero head would make every prediction uniform; make them peaked
-            model.denoiser.head.weight.normal_(std=0.5)
+            model.get_parameter("denoiser.head.weight").normal_(std=0.5)
         length = cfg.data.seq_len
     dtype = resolve_precision(args.precision, torch.device("cpu"))
     print(f"{args.num_samples} samples x {length} tokens, {args.steps} steps, {torch.get_num_threads()} threads, "
@@ -62,8 +61,8 @@ def main() -> None:
             given[:, :16] = torch.randint(0, model.vocab_size, (16,))
         start = time.perf_counter()
         with autocast(torch.device("cpu"), dtype):
-            for step in iterate(model, args.num_samples, length, args.steps, given=given,
-                                generator=torch.Generator().manual_seed(0), **options):
+            for step in model.iterate(args.num_samples, length, args.steps, given=given,
+                                      generator=torch.Generator().manual_seed(0), **options):
                 pass
         seconds = time.perf_counter() - start
         # one network call evaluates the whole batch, so NFE per sample is the number of calls

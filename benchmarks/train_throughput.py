@@ -54,7 +54,7 @@ import torch
 from maskdiff.hardware import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision
 from maskdiff.models import build_model
 from maskdiff.presets import get_preset
-from maskdiff.ema import EMA
+from maskdiff.training.ema import EMA
 from maskdiff.training import lr_factor, make_optimizer
 
 # name -> (preset, overrides). The preset fixes seq_len (tiny: 128, small: 256) unless --seq-len is given.
@@ -271,16 +271,16 @@ def random_batches(count: int, batch: int, seq_len: int, vocab: int, device: tor
 def benchmark_training(args, size: str, time_conditioning: bool, device, precision) -> tuple[Result, TrainStep, list]:
     cfg = build_config(size, time_conditioning, args.seq_len, args.batch, args.set)
     step = TrainStep(cfg, args.vocab, device, precision)
-    denoiser, m = step.model.denoiser, cfg.model
+    m = cfg.model
     result = Result(
         size=size,
-        params=denoiser.num_parameters(),
+        params=step.model.num_parameters(),
         shape=f"{m.n_layers}x{m.d_model}/{m.n_heads}h",
         time_conditioning=time_conditioning,
         precision=precision_name(precision),
         batch=args.batch,
         seq_len=cfg.data.seq_len,
-        flops_per_token=denoiser.flops_per_token(cfg.data.seq_len),
+        flops_per_token=step.model.flops_per_token(cfg.data.seq_len),
     )
     batches = random_batches(4, args.batch, cfg.data.seq_len, args.vocab, device)
     sync = synchronizer(device)

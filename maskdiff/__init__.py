@@ -6,26 +6,23 @@
     loss = model.nelbo(x0)                     # nats per sequence, [B]
     samples = model.sample(4, 128, steps=256)  # [4, 128] token ids
     genmd4 = maskdiff.GenMD4(denoiser, vocab_size=V)   # a learned schedule per token value (.w)
+
+docs/architecture.md maps the modules; the sub-packages are importable from here
+(``maskdiff.sampling``, ``maskdiff.objectives``, ``maskdiff.nets``, ``maskdiff.data``, ...).
 """
 
-from maskdiff import schedules
-from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from maskdiff.diffusion import MaskedDiffusion
-from maskdiff.genmd4 import GenMD4
-from maskdiff.errors import MaskdiffError
-from maskdiff.transformer import Transformer
+__version__ = "0.1.0"  # the one place the version is stated (pyproject.toml reads it)
 
-__version__ = "0.1.0"
+from maskdiff import data, evaluation, generation, nets, objectives, sampling, schedules, training  # noqa: E402
+from maskdiff.checkpoint import LoadedRun, load_run  # noqa: E402
+from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from maskdiff.errors import MaskdiffError  # noqa: E402
+from maskdiff.nets import Transformer  # noqa: E402
+from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: E402
 
 __all__ = [
-    "schedules",
-    "MaskedDiffusion",
-    "GenMD4",
-    "Transformer",
-    "MaskdiffError",
-    "RunConfig",
-    "ModelConfig",
-    "DiffusionConfig",
-    "DataConfig",
-    "TrainConfig",
+    "__version__",
+    "data", "evaluation", "generation", "nets", "objectives", "sampling", "schedules", "training",
+    "MaskedDiffusion", "GenMD4", "Objective", "Transformer", "MaskdiffError", "LoadedRun", "load_run",
+    "RunConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainConfig",
 ]

@@ -32,9 +32,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from maskdiff.config import RunConfig
-from maskdiff.diffusion import MaskedDiffusion
 from maskdiff.errors import MaskdiffError
-from maskdiff.tokenizer import CharTokenizer, load_tokenizer
+from maskdiff.models import build_model
+from maskdiff.objectives import Objective
+from maskdiff.tokenizer import Tokenizer, load_tokenizer
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
@@ -193,6 +194,12 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return path, checkpoint
 
 
+def run_modality(path: str | Path) -> str:
+    """What a run (folder or checkpoint folder) models, "text" or "image", from its config alone."""
+    run_dir, _ = resolve_checkpoint(path)
+    return RunConfig.load(run_dir / "config.json").data.modality
+
+
 def load_weights(module: torch.nn.Module, file: Path) -> None:
     """Load a safetensors file into ``module`` with a clear error when it does not fit."""
     try:
@@ -218,8 +225,8 @@ class LoadedRun:
     """A trained model with everything needed to use it."""
 
     config: RunConfig
-    tokenizer: CharTokenizer
-    model: MaskedDiffusion
+    tokenizer: Tokenizer
+    model: Objective
     run_dir: Path
     checkpoint: Path
     step: int
@@ -227,8 +234,6 @@ class LoadedRun:
 
 def load_run(path: str | Path, weights: str = "ema", device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild the model of a run folder (or checkpoint folder) with its EMA or raw weights."""
-    from maskdiff.models import build_model
-
     run_dir, checkpoint = resolve_checkpoint(path)
     config = RunConfig.load(run_dir / "config.json")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")

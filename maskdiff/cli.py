@@ -13,8 +13,15 @@ import sys
 import time
 from pathlib import Path
 
+from maskdiff.checkpoint import latest_checkpoint, run_modality
+from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
+from maskdiff.evaluation import evaluate_checkpoint
+from maskdiff.evaluation.judge import evaluate_samples
+from maskdiff.generation import generate_images, generate_text, join_samples
+from maskdiff.presets import PRESETS, get_preset
 from maskdiff.sampling import GRIDS, METHODS
+from maskdiff.training import train
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -29,11 +36,6 @@ class Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------ handlers
 def cmd_train(args) -> int:
-    from maskdiff.checkpoint import latest_checkpoint
-    from maskdiff.config import RunConfig
-    from maskdiff.presets import get_preset
-    from maskdiff.training import train
-
     overrides = list(args.set or [])
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
@@ -88,8 +90,6 @@ def _rule_options(args) -> dict:
 
 def _sample_images(args) -> int:
     """cmd_sample for a run trained on images: a PNG grid (and a GIF of the steps)."""
-    from maskdiff.image_sampling import generate_images
-
     used = [f"--{name}" for name in TEXT_ONLY if getattr(args, name) is not None]
     if used:
         raise MaskdiffError(f"{', '.join(used)} apply to text runs; this run models images")
@@ -117,11 +117,11 @@ def _sample_images(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from maskdiff.generate import generate_text
-    from maskdiff.image_sampling import is_image_run
+    return {"image": _sample_images, "text": _sample_text}[run_modality(args.checkpoint)](args)
 
-    if is_image_run(args.checkpoint):
-        return _sample_images(args)
+
+def _sample_text(args) -> int:
+    """cmd_sample for a run trained on text: the samples on stdout (and in --output)."""
     used = [f"--{name}" for name in IMAGE_ONLY if getattr(args, name) is not None]
     if used:
         raise MaskdiffError(f"{', '.join(used)} apply to image runs; this run models text")
@@ -148,8 +148,7 @@ def cmd_sample(args) -> int:
         truncate_after_eos=args.eos is not None,
         **_rule_options(args),
     )
-    divider = "\n" + "-" * 40 + "\n"
-    output = divider.join(gen.texts)
+    output = join_samples(gen.texts)
     if args.output:
         Path(args.output).write_text(output + "\n", encoding="utf-8")
     print(output)
@@ -168,7 +167,6 @@ def cmd_eval(args) -> int:
         raise MaskdiffError("--judge scores generated text: use it with --samples FILE")
     if args.checkpoint is None:
         raise MaskdiffError("the following arguments are required: --checkpoint DIR (or --samples FILE to score generated text)")
-    from maskdiff.evaluation import evaluate_checkpoint
 
     result, info = evaluate_checkpoint(
         args.checkpoint,
@@ -206,8 +204,6 @@ def cmd_eval(args) -> int:
 
 def eval_samples(args) -> int:
     """`maskdiff eval --samples FILE`: quality of generated text (judge perplexity, entropy, distinct-n)."""
-    from maskdiff.judge import evaluate_samples
-
     path = Path(args.samples)
     if args.samples.isdigit() and not path.exists():  # the old meaning of --samples
         raise MaskdiffError(f"--samples now takes a file of generated texts; for {args.samples} Monte Carlo samples per sequence use --mc-samples {args.samples}")
@@ -224,18 +220,14 @@ def eval_samples(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from maskdiff.config import SECTIONS
-    from maskdiff.presets import PRESETS, get_preset
-
     if args.show is None:
         width = max(map(len, PRESETS))
         for name, fn in PRESETS.items():
             print(f"{name:{width}s}  {(fn.__doc__ or '').strip()}")
         return 0
-    cfg = get_preset(args.show).to_dict()
-    for section, cls in SECTIONS.items():
-        for key, doc in cls.docs().items():
-            print(f"{section}.{key} = {cfg[section][key]!r}  # {doc}")
+    for name, section in get_preset(args.show).sections().items():
+        for key, doc in section.docs().items():
+            print(f"{name}.{key} = {getattr(section, key)!r}  # {doc}")
     return 0
 
 

@@ -14,75 +14,28 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
+from maskdiff import schedules
+from maskdiff.data import FORMATS
 from maskdiff.errors import MaskdiffError
+from maskdiff.nets import ARCHITECTURES, TransformerConfig, UNetConfig, UViTConfig
+from maskdiff.objectives import OBJECTIVES
+from maskdiff.sections import Section, option
 
 
-def option(default: Any, doc: str) -> Any:
-    """A dataclass field with a default and a one-line description."""
-    return field(default=default, metadata={"doc": doc})
+ModelSection = Union[TransformerConfig, UNetConfig, UViTConfig]
 
 
-class Section:
-    """Shared behaviour of config sections: validation on construction and (de)serialisation."""
-
-    def problems(self) -> list[str]:
-        return []
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise MaskdiffError("invalid config: " + "; ".join(problems))
-
-    @classmethod
-    def docs(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
-
-
-ARCHITECTURES = ("transformer", "unet", "uvit")
-DATA_FORMATS = ("text", "idx", "cifar10", "npz", "folder")
-
-
-@dataclass
-class ModelConfig(Section):
-    n_layers: int = option(4, "number of transformer blocks (unet: residual blocks on each side of the middle)")
-    d_model: int = option(128, "width of the residual stream (unet: channels)")
-    n_heads: int = option(4, "attention heads (unet: in the middle attention); d_model must be a multiple of 2 * n_heads")
-    mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
-    time_conditioning: bool = option(False, "condition every block on t with adaLN-Zero (off: the network ignores t)")
-    time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
-    dropout: float = option(0.0, "dropout probability in attention and MLP")
-    rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
-    architecture: str = option("transformer", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
-    pixel_features: int = option(32, "unet/uvit: embedding size of each sub-pixel token before the first layer")
-    patch_size: int = option(4, "uvit: side of the square patches that become transformer tokens")
-    num_classes: int = option(0, "unet/uvit: number of class labels to condition on (0: unconditional)")
-    label_dropout: float = option(0.1, "with num_classes: probability of training on the null label (for guidance)")
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.architecture not in ARCHITECTURES:
-            out.append(f"model.architecture must be one of {', '.join(ARCHITECTURES)}, not {self.architecture!r}")
-        if self.num_classes < 0:
-            out.append("model.num_classes must be >= 0")
-        if self.num_classes and self.architecture == "transformer":
-            out.append("model.num_classes needs model.architecture unet or uvit")
-        if not 0 <= self.label_dropout < 1:
-            out.append("model.label_dropout must be in [0, 1)")
-        for name in ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features", "pixel_features", "patch_size"):
-            if getattr(self, name) < 1:
-                out.append(f"model.{name} must be >= 1")
-        if self.n_heads >= 1 and self.d_model % (2 * self.n_heads):
-            out.append(f"model.d_model ({self.d_model}) must be a multiple of 2 * model.n_heads ({2 * self.n_heads})")
-        if not 0 <= self.dropout < 1:
-            out.append("model.dropout must be in [0, 1)")
-        if self.rope_base <= 1:
-            out.append("model.rope_base must be > 1")
-        return out
-
-
-OBJECTIVES = ("md4", "genmd4")
+def ModelConfig(architecture: str = "transformer", **fields: Any) -> Any:  # noqa: N802 (reads as the section type it builds)
+    """The ``model`` section for ``architecture``: each architecture has its own typed section
+    (:class:`~maskdiff.nets.TransformerConfig`, :class:`~maskdiff.nets.UNetConfig`, ...), registered
+    in :data:`maskdiff.nets.ARCHITECTURES`; ``fields`` are that section's fields."""
+    section_cls = ARCHITECTURES.get(architecture).config
+    try:
+        return section_cls(architecture=architecture, **fields)
+    except TypeError as err:
+        raise MaskdiffError(f"invalid config: model.architecture={architecture}: {err}") from None
 
 
 @dataclass
@@ -93,8 +46,6 @@ class DiffusionConfig(Section):
     t1: float = option(1e-3, "genmd4: smallest time of the integral; a closed-form reconstruction term covers [0, t1]")
 
     def problems(self) -> list[str]:
-        from maskdiff import schedules
-
         out = []
         if self.objective not in OBJECTIVES:
             out.append(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
@@ -115,22 +66,22 @@ class DataConfig(Section):
     seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
     test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
-    format: str = option("text", "text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)")
+    format: str = option("text", "a registered data format: text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)")
     image_size: int = option(0, "images: height = width in pixels")
     channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
 
     @property
-    def is_image(self) -> bool:
-        """Whether the data are images (sequences of H*W*C sub-pixel tokens in 0..255)."""
-        return self.format != "text"
+    def modality(self) -> str:
+        """What the format declares its data to be: "text" or "image" (H*W*C sub-pixel tokens in 0..255)."""
+        return FORMATS.get(self.format).modality
 
     def problems(self) -> list[str]:
         out = []
         if self.seq_len < 1:
             out.append("data.seq_len must be >= 1")
-        if self.format not in DATA_FORMATS:
-            out.append(f"data.format must be one of {', '.join(DATA_FORMATS)}, not {self.format!r}")
-        elif self.is_image:
+        if self.format not in FORMATS:
+            out.append(f"data.format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        elif self.modality == "image":
             if self.image_size < 1 or self.channels not in (1, 3, 4):
                 out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")
             elif self.seq_len != self.image_size**2 * self.channels:
@@ -191,12 +142,32 @@ class TrainConfig(Section):
         return out
 
 
+# the sections every run has, whatever its architecture; the ``model`` section's type comes from
+# the architecture (maskdiff.nets.ARCHITECTURES)
 SECTIONS: dict[str, type[Section]] = {
-    "model": ModelConfig,
     "diffusion": DiffusionConfig,
     "data": DataConfig,
     "train": TrainConfig,
 }
+SECTION_ORDER = ("model", "diffusion", "data", "train")
+
+
+def model_section_type(architecture: str) -> type[Section]:
+    """The ``model`` section type of an architecture (a MaskdiffError naming the choices if unknown)."""
+    return ARCHITECTURES.get(architecture).config
+
+
+def section_type(name: str, values: dict) -> type[Section] | None:
+    """The section class for ``name`` given its raw values (the model's depends on its architecture)."""
+    if name == "model":
+        return model_section_type(values.get("architecture", "transformer"))
+    return SECTIONS.get(name)
+
+
+def _misplaced_model_key(key: str) -> str:
+    """Why a model key is unknown: it belongs to other architectures, or to none."""
+    owners = [name for name, arch in ARCHITECTURES.items() if key in arch.config.docs()]
+    return f"model.{key} needs model.architecture {' or '.join(owners)}" if owners else f"unknown config key model.{key}"
 
 
 @dataclass
@@ -204,7 +175,7 @@ class RunConfig:
     """Everything that defines a training run."""
 
     preset: str = "custom"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSection = field(default_factory=TransformerConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -212,42 +183,62 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def sections(self) -> dict[str, Section]:
+        """Section name -> section, in display order."""
+        return {name: getattr(self, name) for name in SECTION_ORDER}
+
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
         """Build and validate a config; every problem in every section is reported at once."""
-        unknown = sorted(set(raw) - set(SECTIONS) - {"preset"})
+        unknown = sorted(set(raw) - set(SECTION_ORDER) - {"preset"})
         problems = [f"unknown config section {name!r}" for name in unknown]
         sections = {}
-        for name, section_cls in SECTIONS.items():
+        for name in SECTION_ORDER:
             values = raw.get(name, {})
-            names = {f.name for f in dataclasses.fields(section_cls)}
-            problems += [f"unknown config key {name}.{key}" for key in sorted(set(values) - names)]
+            try:
+                section_cls = section_type(name, values)
+            except MaskdiffError as err:
+                problems.append(str(err))
+                continue
+            assert section_cls is not None
+            names = {f.name for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
+            for key in sorted(set(values) - names):
+                problems.append(_misplaced_model_key(key) if name == "model" else f"unknown config key {name}.{key}")
             kwargs = {k: v for k, v in values.items() if k in names}
             problems += [p for key, value in kwargs.items() for p in _type_problems(section_cls, name, key, value)]
-            sections[name] = section_cls.__new__(section_cls)
-            for f in dataclasses.fields(section_cls):
+            section = section_cls.__new__(section_cls)
+            for f in dataclasses.fields(section_cls):  # type: ignore[arg-type]
                 value = kwargs.get(f.name, f.default)
                 if _field_type(section_cls, f.name) is float and isinstance(value, int):
                     value = float(value)
-                setattr(sections[name], f.name, value)
+                setattr(section, f.name, value)
+            sections[name] = section
         if not problems:
             problems = [p for s in sections.values() for p in s.problems()]
         if problems:
             raise MaskdiffError("invalid config: " + "; ".join(problems))
-        return cls(preset=str(raw.get("preset", "custom")), **sections)
+        return cls(preset=str(raw.get("preset", "custom")), **sections)  # type: ignore[arg-type]
 
     def with_overrides(self, overrides: list[str]) -> "RunConfig":
-        """A copy with ``section.key=value`` strings applied (values parsed by the field's type)."""
+        """A copy with ``section.key=value`` strings applied (values parsed by the field's type).
+
+        ``model.architecture=NAME`` switches the model section to that architecture's type,
+        keeping the values of the fields both types have.
+        """
         raw = self.to_dict()
         for item in overrides:
             key, sep, text = item.partition("=")
             if not sep:
                 raise MaskdiffError(f"override {item!r} is not of the form section.key=value")
             section, _, name = key.strip().partition(".")
-            section_cls = SECTIONS.get(section)
+            section_cls = section_type(section, raw.get(section, {})) if section in SECTION_ORDER else None
             if section_cls is None or name not in section_cls.docs():
-                raise MaskdiffError(f"unknown config key {key.strip()!r}{_suggest(key.strip())}")
+                if section == "model" and section_cls is not None:
+                    raise MaskdiffError(f"invalid config: {_misplaced_model_key(name)}{_suggest(key.strip(), self)}")
+                raise MaskdiffError(f"unknown config key {key.strip()!r}{_suggest(key.strip(), self)}")
             raw[section][name] = parse_value(section_cls, section, name, text.strip())
+            if section == "model" and name == "architecture":
+                raw["model"] = _keep_known(raw["model"], model_section_type(raw["model"]["architecture"]))
         return RunConfig.from_dict(raw)
 
     def save(self, path: Path) -> None:
@@ -261,15 +252,34 @@ class RunConfig:
             raise MaskdiffError(f"no config.json in {Path(path).parent}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise MaskdiffError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(_upgrade(raw))
 
 
-def all_keys() -> list[str]:
-    return [f"{section}.{name}" for section, cls in SECTIONS.items() for name in cls.docs()]
+def _keep_known(values: dict, section_cls: type[Section]) -> dict:
+    """The values of ``section_cls``'s fields among ``values``."""
+    known = section_cls.docs()
+    return {k: v for k, v in values.items() if k in known}
 
 
-def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, all_keys(), n=1)
+def _upgrade(raw: dict) -> dict:
+    """A config.json written before each architecture had its own model section held every
+    architecture's fields in one section; the fields of other architectures are dropped."""
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("architecture", "transformer") in ARCHITECTURES:
+        legacy = {"mlp_ratio", "rope_base", "patch_size", "pixel_features", "num_classes", "label_dropout"}
+        own = model_section_type(model.get("architecture", "transformer")).docs()
+        raw = {**raw, "model": {k: v for k, v in model.items() if k in own or k not in legacy}}
+    return raw
+
+
+def all_keys(cfg: RunConfig | None = None) -> list[str]:
+    """Every ``section.key`` of ``cfg`` (default: a transformer run)."""
+    cfg = cfg or RunConfig()
+    return [f"{name}.{key}" for name, section in cfg.sections().items() for key in section.docs()]
+
+
+def _suggest(key: str, cfg: RunConfig | None = None) -> str:
+    close = difflib.get_close_matches(key, all_keys(cfg), n=1)
     return f"; did you mean {close[0]!r}?" if close else "; `maskdiff presets --show tiny` lists the keys"
 
 

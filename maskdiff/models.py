@@ -1,7 +1,8 @@
-"""Assemble a trainable objective (denoiser + diffusion) from a run config.
+"""Assemble a trainable objective (denoiser + objective) from a run config.
 
-Two independent choices: the network (``build_denoiser``, from ``cfg.model``) and the
-objective that wraps it (``build_model``, from ``cfg.diffusion``).
+Two independent choices, each looked up in its registry: the network (``model.architecture`` in
+:data:`maskdiff.nets.ARCHITECTURES`) and the objective that wraps it (``diffusion.objective`` in
+:data:`maskdiff.objectives.OBJECTIVES`).
 """
 
 from __future__ import annotations
@@ -10,35 +11,27 @@ import torch
 from torch import nn
 
 from maskdiff.config import RunConfig
-from maskdiff.diffusion import DiffusionModel, MaskedDiffusion
 from maskdiff.errors import MaskdiffError
-from maskdiff.genmd4 import GenMD4
-from maskdiff.transformer import Transformer
-from maskdiff.unet import UNet
-from maskdiff.uvit import UViT
+from maskdiff.nets import ARCHITECTURES
+from maskdiff.objectives import OBJECTIVES, Objective
 
 
 def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
     """The network ``(z_t [B, L], t [B]) -> logits [B, L, vocab_size]`` a config describes.
 
-    ``model.architecture``: the transformer models any sequence; the image networks (unet, uvit)
-    take the image shape from ``cfg.data`` and accept an optional ``labels=`` keyword.
+    Image networks (unet, uvit) take the image shape from ``cfg.data`` and accept an optional
+    ``labels=`` keyword; they need data whose format declares the image modality.
     """
-    arch = cfg.model.architecture
-    if arch == "transformer":
-        return Transformer(cfg.model, vocab_size)
-    if not cfg.data.is_image:
-        raise MaskdiffError(f"model.architecture={arch} models images; set data.format to an image format")
-    network = {"unet": UNet, "uvit": UViT}[arch]
-    return network(cfg.model, vocab_size, cfg.data.image_size, cfg.data.channels)
+    name = cfg.model.architecture
+    architecture = ARCHITECTURES.get(name)
+    if architecture.modality == "image" and cfg.data.modality != "image":
+        raise MaskdiffError(f"model.architecture={name} models images; set data.format to an image format")
+    return architecture.build(cfg.model, vocab_size, cfg.data.image_size, cfg.data.channels)
 
 
-def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> DiffusionModel:
-    """The diffusion model a config describes (MD4 or GenMD4); parameters are initialised from ``seed`` when given."""
+def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> Objective:
+    """The objective a config describes (MD4, GenMD4, ...); parameters are initialised from ``seed`` when given."""
     if seed is not None:
         torch.manual_seed(seed)
     denoiser = build_denoiser(cfg, vocab_size)
-    diffusion = cfg.diffusion
-    if diffusion.objective == "genmd4":
-        return GenMD4(denoiser, vocab_size, power_init=diffusion.power_init, t1=diffusion.t1)
-    return MaskedDiffusion(denoiser, schedule=diffusion.schedule, vocab_size=vocab_size)
+    return OBJECTIVES.get(cfg.diffusion.objective)(cfg.diffusion, denoiser, vocab_size)

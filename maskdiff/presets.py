@@ -6,7 +6,7 @@ from typing import Callable
 
 from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from maskdiff.errors import MaskdiffError
-from maskdiff.image_data import FASHION_MNIST_DIR
+from maskdiff.data.images import FASHION_MNIST_DIR
 
 
 def tiny() -> RunConfig:

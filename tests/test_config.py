@@ -60,8 +60,9 @@ def test_unknown_preset():
 
 def test_every_field_has_a_doc():
     from maskdiff.config import SECTIONS
+    from maskdiff.nets import ARCHITECTURES
 
-    for cls in SECTIONS.values():
+    for cls in [*SECTIONS.values(), *(arch.config for _, arch in ARCHITECTURES.items())]:
         assert all(doc for doc in cls.docs().values()), cls
 
 

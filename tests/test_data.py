@@ -5,7 +5,8 @@ import importlib.util
 import pytest
 import torch
 
-from maskdiff.data import RandomCrops, chunks, default_corpus, prepare_data, read_text, split_tokens
+from maskdiff.data import chunks, prepare_data, read_text
+from maskdiff.data.text import RandomCrops, default_corpus, split_tokens
 from maskdiff.config import DataConfig
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer, load_tokenizer

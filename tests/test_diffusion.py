@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import maskdiff
-from maskdiff.diffusion import mask_tokens, stratified_times
+from maskdiff.objectives import mask_tokens, stratified_times
 from maskdiff.schedules import EPS
 
 SCHEDULES = ["linear", "cosine", "poly2", "poly0.5", "geometric", "loglinear"]

@@ -14,7 +14,7 @@ from tiny_run import train_tiny
 import maskdiff
 from maskdiff.cli import main
 from maskdiff.evaluation import evaluate_nelbo
-from maskdiff.likelihood import chain_rule_log_likelihood, evaluate_chain_rule, time_for_alpha
+from maskdiff.evaluation.chain_rule import chain_rule_log_likelihood, evaluate_chain_rule, time_for_alpha
 
 
 def oracle(toy, schedule="cosine"):

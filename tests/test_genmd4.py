@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import maskdiff
-from maskdiff.diffusion import mask_tokens, stratified_times
+from maskdiff.objectives import mask_tokens, stratified_times
 from maskdiff.errors import MaskdiffError
-from maskdiff.genmd4 import GenMD4, inverse_softplus
+from maskdiff.objectives.genmd4 import GenMD4, inverse_softplus
 from tests.test_sampling import empirical, product_of_marginals, tv
 
 
@@ -84,7 +84,7 @@ def test_each_value_is_masked_with_its_own_schedule():
     set_powers(model, [0.5, 1.0, 2.0, 4.0])
     x0 = torch.arange(V).repeat_interleave(L // V)[None].repeat(2000, 1)
     t = torch.full((2000,), 0.5)
-    z = mask_tokens(x0, model.token_alpha(x0, t), V, torch.Generator().manual_seed(0))
+    z = mask_tokens(x0, model.keep_probability(x0, t), V, torch.Generator().manual_seed(0))
     masked_share = [(z[x0 == v] == V).double().mean().item() for v in range(V)]
     # masked with probability t^w (up to eps): 0.71, 0.5, 0.25, 0.06
     assert masked_share == pytest.approx([0.5**w for w in (0.5, 1.0, 2.0, 4.0)], abs=0.01)
@@ -275,7 +275,7 @@ def test_bad_arguments_are_clear_errors():
 
 def test_chain_rule_likelihood_of_a_genmd4_model_is_a_distribution(toy):
     """Left-to-right decoding with any GenMD4 denoiser defines a distribution: it sums to 1 over all sequences."""
-    from maskdiff.likelihood import chain_rule_log_likelihood
+    from maskdiff.evaluation.chain_rule import chain_rule_log_likelihood
 
     model = GenMD4(FixedDenoiser(toy.V, toy.L), toy.V)
     set_powers(model, [0.6, 1.5, 3.0])
@@ -290,7 +290,7 @@ def test_bound_is_computed_in_float32_under_bf16_autocast():
     set_powers(model, torch.linspace(0.6, 3.0, V).tolist())
     x0 = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(0))
     t = torch.linspace(1e-3, 0.05, B)
-    z = mask_tokens(x0, model.token_alpha(x0, t).detach(), V, torch.Generator().manual_seed(1))
+    z = mask_tokens(x0, model.keep_probability(x0, t).detach(), V, torch.Generator().manual_seed(1))
     logits = FixedDenoiser(V, L)(z, t)
     plain = model.loss_from_logits(logits, x0, z, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,17 +16,17 @@ from conftest import lose_checkpoints_after
 from maskdiff.checkpoint import CHECKPOINTS, load_run
 from maskdiff.cli import main
 from maskdiff.config import DataConfig, ModelConfig, RunConfig
-from maskdiff.diffusion import MaskedDiffusion
+from maskdiff.objectives import MaskedDiffusion
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_nelbo
-from maskdiff.image_data import (
+from maskdiff.data.images import (
     RandomImages, images_to_tokens, load_cifar, load_folder, load_idx, load_npz, prepare_images, tokens_to_images,
 )
-from maskdiff.image_sampling import generate_images, keep_mask
+from maskdiff.generation.images import generate_images, keep_mask
 from maskdiff.models import build_denoiser
 from maskdiff.presets import get_preset
 from maskdiff.training import train
-from maskdiff.uvit import patchify, unpatchify
+from maskdiff.nets.uvit import patchify, unpatchify
 
 
 # ------------------------------------------------------------------ writers of each format
@@ -147,8 +147,8 @@ def test_uniform_logits_give_8_bits_per_dim_in_expectation():
 @pytest.mark.parametrize("architecture", ["unet", "uvit"])
 def test_image_denoisers_map_tokens_to_logits_with_labels(architecture):
     cfg = RunConfig(
-        model=ModelConfig(architecture=architecture, n_layers=2, d_model=16, n_heads=2, patch_size=2, pixel_features=4,
-                          num_classes=3, time_conditioning=True),
+        model=ModelConfig(architecture=architecture, n_layers=2, d_model=16, n_heads=2, pixel_features=4,
+                          num_classes=3, time_conditioning=True, **({"patch_size": 2} if architecture == "uvit" else {})),
         data=DataConfig(format="folder", path="x", image_size=4, channels=3, seq_len=48),
     )
     net = build_denoiser(cfg, 256)
@@ -372,7 +372,7 @@ def test_image_config_is_checked(tmp_path, monkeypatch):
         build_denoiser(get_preset("tiny").with_overrides(["model.architecture=unet"]), 65)
     # the default Fashion-MNIST folder, when missing, says how to install it
     missing = tmp_path / "fashion-mnist"
-    monkeypatch.setattr("maskdiff.image_data.FASHION_MNIST_DIR", str(missing))
+    monkeypatch.setattr("maskdiff.data.images.FASHION_MNIST_DIR", str(missing))
     with pytest.raises(MaskdiffError, match="apt-get install dataset-fashion-mnist"):
         prepare_images(get_preset("image-tiny").with_overrides([f"data.path={missing}"]).data)
 

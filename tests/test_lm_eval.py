@@ -21,7 +21,7 @@ from conftest import ToyDistribution, make_corpus  # noqa: E402
 from tiny_run import train_tiny  # noqa: E402
 
 import maskdiff  # noqa: E402
-from maskdiff.lm_eval_adapter import MaskdiffLM  # noqa: E402
+from maskdiff.evaluation.lm_eval import MaskdiffLM  # noqa: E402
 from maskdiff.tokenizer import CharTokenizer  # noqa: E402
 
 

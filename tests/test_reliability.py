@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import maskdiff.checkpoint as checkpoint_module
 from maskdiff.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, list_checkpoints, load_run, verify_checkpoint
-from maskdiff.diffusion import MaskedDiffusion
+from maskdiff.objectives import MaskedDiffusion
 from maskdiff.errors import MaskdiffError
 from maskdiff.metrics import read_metrics
 from maskdiff.presets import get_preset

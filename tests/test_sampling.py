@@ -214,7 +214,7 @@ def test_options_validate_when_built():
 
 
 def test_counter_streams_match_a_reference_splitmix64_and_are_uniform():
-    from maskdiff.sampling import SampleStreams, splitmix64
+    from maskdiff.sampling.streams import SampleStreams, splitmix64
 
     mask = (1 << 64) - 1
 

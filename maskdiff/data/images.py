@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskdiff.data import Splits
+from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import PixelTokenizer
 
@@ -302,7 +302,7 @@ class ImageSplits(Splits):
     """Splits of an image data set: flat token streams (whole images back to back) plus labels.
 
     The streams hold uint8 (a CIFAR-10 training set is 150 MB, not 1.2 GB as int64); batches
-    become int64 as they are drawn (:class:`RandomImages`, :func:`maskdiff.data.chunks`).
+    become int64 as they are drawn (:class:`RandomImages`, :func:`maskdiff.data.splits.chunks`).
     """
 
     image_size: int = 0
@@ -321,6 +321,15 @@ class ImageSplits(Splits):
         return None if self.labels is None else self.labels[name]
 
 
+# data.format -> reader (path, image_size, channels) -> (train, test or None)
+READERS = {
+    "idx": lambda path, size, channels: load_idx(path),
+    "cifar10": load_cifar,
+    "npz": load_npz,
+    "folder": lambda path, size, channels: load_folder(path, channels),
+}
+
+
 def load_images(data_cfg) -> tuple[Images, Images | None]:
     """(train, test or None) of an image DataConfig, checked against its image size and channels."""
     if not data_cfg.path:
@@ -329,17 +338,8 @@ def load_images(data_cfg) -> tuple[Images, Images | None]:
     if not path.exists():
         hint = f"; {FASHION_MNIST_HINT}" if str(path).rstrip("/") == FASHION_MNIST_DIR else ""
         raise MaskdiffError(f"image data {str(path)!r} does not exist{hint}")
+    train, test = READERS[data_cfg.format](path, data_cfg.image_size, data_cfg.channels)
     size, channels = data_cfg.image_size, data_cfg.channels
-    if data_cfg.format == "idx":
-        train, test = load_idx(path)
-    elif data_cfg.format == "cifar10":
-        train, test = load_cifar(path, size, channels)
-    elif data_cfg.format == "npz":
-        train, test = load_npz(path, size, channels)
-    elif data_cfg.format == "folder":
-        train, test = load_folder(path, channels)
-    else:
-        raise MaskdiffError(f"unknown image format {data_cfg.format!r}")
     for part in (train, test):
         if part is None:
             continue
@@ -409,7 +409,7 @@ class RandomImages:
         self.generator.set_state(state["generator"])
 
 
-def image_batches(splits: ImageSplits, num_classes: int, batch_size: int, seed: int) -> RandomImages:
+def image_batches(splits: ImageSplits, data_cfg, num_classes: int, batch_size: int, seed: int) -> RandomImages:
     """Training batches of a run: with labels when the model is class-conditional (checked to fit)."""
     labels = None
     if num_classes:

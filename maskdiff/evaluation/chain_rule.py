@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.evaluation import EvalResult, check_sequences, model_device, summarize
+from maskdiff.evaluation.results import EvalResult, check_sequences, model_device, summarize
 from maskdiff.hardware import autocast
 
 
@@ -47,7 +47,7 @@ def chain_rule_log_likelihood(
 ) -> torch.Tensor:
     """log p(x) in nats of each sequence [N, L] under left-to-right unmasking.  -> float64 [N]
 
-    ``model`` needs ``denoiser``, ``schedule`` and ``mask_id`` (a :class:`MaskedDiffusion`).
+    ``model`` needs ``predict``, ``schedule`` and ``mask_id`` (a :class:`~maskdiff.objectives.DiffusionModel`).
     ``batch_size`` network inputs (one per (sequence, position) pair) go into each call.
     """
     check_sequences(sequences, batch_size)
@@ -69,7 +69,7 @@ def chain_rule_log_likelihood(
             x = sequences[n]  # [b, L]
             z = torch.where(positions[None] < i[:, None], x, model.mask_id)  # x_<i kept, the rest masked
             with autocast(device, precision):
-                logits = model.denoiser(z, times[i])  # [b, L, V]
+                logits = model.predict(z, times[i])  # [b, L, V]
             rows = torch.arange(pair.numel(), device=device)
             logits_i = logits[rows, i].double()  # [b, V]: only position i is scored
             token_log_p = torch.log_softmax(logits_i, dim=-1).gather(-1, x[rows, i, None]).squeeze(-1)

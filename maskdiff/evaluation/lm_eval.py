@@ -1,11 +1,11 @@
 """An lm-evaluation-harness model for maskdiff checkpoints, registered as ``maskdiff``.
 
-    import maskdiff.lm_eval_adapter  # registers the model
+    import maskdiff.evaluation.lm_eval  # registers the model
     lm_eval.simple_evaluate(model="maskdiff", model_args="checkpoint=runs/x,mc_samples=32", tasks=[...])
 
 or from the shell (the harness has no plugin discovery, so this entry point registers first)::
 
-    python -m maskdiff.lm_eval_adapter run --model maskdiff --model_args checkpoint=runs/x --tasks ...
+    python -m maskdiff.evaluation.lm_eval run --model maskdiff --model_args checkpoint=runs/x --tasks ...
 
 - ``loglikelihood(context, continuation)``: minus the Monte Carlo NELBO of the continuation with
   the context never masked (as SMDM and LLaDA score multiple choice), a lower bound on
@@ -44,9 +44,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     raise MaskdiffError("the lm-evaluation-harness adapter needs lm-eval; install with pip install 'maskdiff[lmeval]'") from None
 
 from maskdiff.checkpoint import load_run
-from maskdiff.diffusion import masked_cross_entropy
+from maskdiff.evaluation.chain_rule import time_for_alpha
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.likelihood import time_for_alpha
+from maskdiff.objectives import masked_cross_entropy
 
 
 @register_model("maskdiff")
@@ -106,12 +106,7 @@ class MaskdiffLM(LM):
         """Denoiser logits [B, L, V] in float32, with unsupervised CFG when ``cfg`` is set.
         ``context`` [B, L] marks the conditioning positions the unconditional pass masks."""
         with torch.no_grad(), autocast(self.device_, self.dtype):
-            if not self.cfg:
-                return self.model.denoiser(z, t).float()
-            unconditional = torch.where(context, self.model.mask_id, z)
-            both = self.model.denoiser(torch.cat([z, unconditional]), torch.cat([t, t])).float()
-        cond, uncond = both.chunk(2)
-        return uncond + (self.cfg + 1) * (cond - uncond)
+            return self.model.guided_predict(z, t, self.cfg, prompt=context, dtype=torch.float32)
 
     def score(self, context: torch.Tensor, continuation: torch.Tensor, key: str) -> tuple[float, bool]:
         """(lower bound on log p(continuation | context) in nats, greedy?) for 1-D id tensors;
@@ -182,8 +177,6 @@ class MaskdiffLM(LM):
     def generate_until(self, requests) -> list[str]:
         """For each (context, {"until": [...], "max_gen_toks": N}): N sampled tokens after the context
         (which is cut from the left to fit), up to the first stop string."""
-        from maskdiff.sampling import sample
-
         out = []
         for request in self._requests(requests, "generate_until"):
             context, options = request.args
@@ -195,8 +188,8 @@ class MaskdiffLM(LM):
             given = torch.cat([ids, torch.full((new,), self.model.mask_id, dtype=torch.long)])[None].to(self.device_)
             temperature = float(options.get("temperature", 0.0))
             with autocast(self.device_, self.dtype):
-                z = sample(self.model, 1, given.shape[1], max(1, min(self.steps, new)), given=given, generator=self._generator(context),
-                           method=self.method, temperature=temperature, cfg=self.cfg)
+                z = self.model.sample(1, given.shape[1], max(1, min(self.steps, new)), given=given, generator=self._generator(context),
+                                      method=self.method, temperature=temperature, cfg=self.cfg)
             text = self.tokenizer.decode(z[0, ids.numel() :].tolist())
             for stop in until:
                 if stop and stop in text:

@@ -9,20 +9,19 @@ pixel with any sub-pixel still masked is drawn in :data:`MASK_COLOR`.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from maskdiff.checkpoint import load_run
+from maskdiff.data.images import images_to_tokens, read_image_file, tokens_to_images
 from maskdiff.errors import MaskdiffError
-from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.image_data import images_to_tokens, read_image_file, tokens_to_images
-from maskdiff.sampling import SamplerOptions, Step, iterate
+from maskdiff.generation.frontend import run_sampler
+from maskdiff.hardware import resolve_device, resolve_precision
+from maskdiff.sampling import SamplerOptions, Step
 
 MASK_COLOR = (255, 0, 255)  # magenta: still masked
 KEEP_REGIONS = ("top", "bottom", "left", "right", "center", "outside")
@@ -133,15 +132,6 @@ def inpainting_given(pixels: np.ndarray, region: str, mask_id: int) -> torch.Ten
 
 
 # ------------------------------------------------------------------ the whole job
-def is_image_run(checkpoint: str | Path) -> bool:
-    """Whether the run folder (or checkpoint) was trained on images, from its config alone."""
-    from maskdiff.checkpoint import resolve_checkpoint
-    from maskdiff.config import RunConfig
-
-    run_dir, _ = resolve_checkpoint(checkpoint)
-    return RunConfig.load(run_dir / "config.json").data.is_image
-
-
 def default_output(run_dir: Path, inpaint: bool) -> Path:
     return run_dir / ("inpainting.png" if inpaint else "samples.png")
 
@@ -177,7 +167,7 @@ def generate_images(
     dev = resolve_device(device)
     run = load_run(checkpoint, weights=weights, device=dev)
     data = run.config.data
-    if not data.is_image:
+    if data.modality != "image":
         raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
     size, channels, mask_id = data.image_size, data.channels, run.model.mask_id
     if num_samples < 1:
@@ -203,30 +193,25 @@ def generate_images(
     if path.suffix.lower() != ".png":
         raise MaskdiffError(f"the sample grid is a PNG file; {str(path)!r} does not end in .png")
 
-    generator = torch.Generator().manual_seed(seed)
     record = set(np.linspace(0, steps, min(steps + 1, GIF_FRAMES)).round().astype(int).tolist()) if show_steps else set()
     frames: list[np.ndarray] = []
-    start = time.perf_counter()
-    step = None
-    states = iterate(
-        run.model, num_samples, size * size * channels, steps, given=given, generator=generator, device=dev,
-        options=options, labels=labels,
-    )
+
+    def watch(step: Step) -> None:
+        if step.index in record or (show_steps and step.index == step.total):
+            frames.append(make_grid(state_pictures(step.z, mask_id, size, channels), scale=scale))
+        if on_step is not None:
+            on_step(step)
+
     # "auto" follows the run's own precision: image runs on CPUs train in fp32 (bf16 convolutions are slow there)
     dtype = resolve_precision(run.config.train.precision if precision == "auto" else precision, dev)
-    with autocast(dev, dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
-        for step in states:
-            bar.total = step.total
-            bar.update(step.index - bar.n)
-            if step.index in record or (show_steps and step.index == step.total):
-                frames.append(make_grid(state_pictures(step.z, mask_id, size, channels), scale=scale))
-            if on_step is not None:
-                on_step(step)
-    seconds = time.perf_counter() - start
-    images = tokens_to_images(step.z, size, channels)
+    result = run_sampler(
+        run.model, num_samples, size * size * channels, steps, options, seed=seed, given=given, labels=labels,
+        device=dev, dtype=dtype, progress=progress, on_step=watch,
+    )
+    images = tokens_to_images(result.final.z, size, channels)
     save_png(make_grid(images, scale=scale), path)
     steps_path = None
     if show_steps:
         steps_path = Path(steps_output) if steps_output is not None else path.with_name(path.stem + "-steps.gif")
         save_animation(frames, steps_path)
-    return ImageGeneration(images, path, steps_path, seconds, step.nfe)
+    return ImageGeneration(images, path, steps_path, result.seconds, result.final.nfe)

@@ -1,23 +1,38 @@
-"""Text generation from a trained run: load the checkpoint, build the conditioning, sample, decode."""
+"""Text generation from a trained run: load the checkpoint, build the conditioning, sample, decode.
+
+Samples files (``maskdiff sample --output``) hold the texts separated by :data:`SAMPLE_DIVIDER`.
+"""
 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from maskdiff.checkpoint import load_run
 from maskdiff.errors import MaskdiffError
-from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.sampling import SamplerOptions, Step, iterate
+from maskdiff.generation.frontend import run_sampler
+from maskdiff.hardware import resolve_device, resolve_precision
+from maskdiff.sampling import SamplerOptions, Step
 
 MASK_CHAR = "_"
 INFILL_SLOT = re.compile(r"\[\[(\d+)\]\]")
+SAMPLE_DIVIDER = "\n" + "-" * 40 + "\n"  # between the texts of a samples file
+
+
+def join_samples(texts: list[str]) -> str:
+    """The texts as one samples file (without the final newline)."""
+    return SAMPLE_DIVIDER.join(texts)
+
+
+def split_samples(text: str) -> list[str]:
+    """The texts of a samples file: separated by :data:`SAMPLE_DIVIDER`, or else one per non-empty line."""
+    text = text.rstrip("\n")
+    texts = text.split(SAMPLE_DIVIDER) if SAMPLE_DIVIDER in text else text.split("\n")
+    return [t for t in texts if t.strip()]
 
 
 @dataclass
@@ -93,21 +108,18 @@ def generate_text(
     if options.cfg and given_row is None:
         raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
     given = given_row.expand(num_samples, -1).clone() if given_row is not None else None
-    generator = torch.Generator().manual_seed(seed)
-    dtype = resolve_precision(precision, dev)
-    start = time.perf_counter()
-    step = None
-    states = iterate(run.model, num_samples, length, steps, given=given, generator=generator, device=dev, options=options)
-    with autocast(dev, dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
-        for step in states:
-            bar.total = step.total
-            bar.update(step.index - bar.n)
-            bar.set_postfix(nfe=step.nfe)
-            if on_step is not None:
-                on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
-    seconds = time.perf_counter() - start
-    texts = [decode(run.tokenizer, row, options.eos_id if options.truncate_after_eos else None) for row in step.z.tolist()]
-    return Generation(texts, seconds, num_samples * length / seconds, step.nfe)
+
+    def show(step: Step) -> None:
+        if on_step is not None:
+            on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
+
+    result = run_sampler(
+        run.model, num_samples, length, steps, options, seed=seed, given=given, device=dev,
+        dtype=resolve_precision(precision, dev), progress=progress, on_step=show,
+    )
+    cut = options.eos_id if options.truncate_after_eos else None
+    texts = [decode(run.tokenizer, row, cut) for row in result.final.z.tolist()]
+    return Generation(texts, result.seconds, num_samples * length / result.seconds, result.final.nfe)
 
 
 def decode(tokenizer, ids: list[int], cut_at: int | None = None) -> str:

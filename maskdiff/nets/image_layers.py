@@ -8,18 +8,48 @@ null label with probability ``label_dropout``, so one network learns both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from maskdiff.config import ModelConfig
 from maskdiff.errors import MaskdiffError
-from maskdiff.transformer import timestep_features
+from maskdiff.nets.transformer import head_problems, timestep_features
+from maskdiff.sections import Section, at_least_one, option
+
+
+@dataclass
+class ImageNetConfig(Section):
+    """Fields every image denoiser has; :class:`maskdiff.nets.unet.UNetConfig` and
+    :class:`maskdiff.nets.uvit.UViTConfig` add their own shape."""
+
+    architecture: str = option("unet", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
+    n_layers: int = option(2, "network depth (see the architecture's own doc)")
+    d_model: int = option(32, "network width (see the architecture's own doc)")
+    n_heads: int = option(1, "attention heads; d_model must be a multiple of 2 * n_heads")
+    pixel_features: int = option(32, "embedding size of each sub-pixel token before the first layer")
+    time_conditioning: bool = option(False, "condition the network on t (off: the network ignores t)")
+    time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
+    dropout: float = option(0.0, "dropout probability")
+    num_classes: int = option(0, "number of class labels to condition on (0: unconditional)")
+    label_dropout: float = option(0.1, "with num_classes: probability of training on the null label (for guidance)")
+
+    def problems(self) -> list[str]:
+        out = at_least_one(self, "model", ("n_layers", "d_model", "n_heads", "pixel_features", "time_features"))
+        out += head_problems(self.d_model, self.n_heads)
+        if self.num_classes < 0:
+            out.append("model.num_classes must be >= 0")
+        if not 0 <= self.label_dropout < 1:
+            out.append("model.label_dropout must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            out.append("model.dropout must be in [0, 1)")
+        return out
 
 
 class Condition(nn.Module):
     """c [B, width] = MLP(sinusoidal features of t) + label embedding; None when neither is on."""
 
-    def __init__(self, cfg: ModelConfig, width: int):
+    def __init__(self, cfg: ImageNetConfig, width: int):
         super().__init__()
         self.time_features, self.num_classes, self.label_dropout = cfg.time_features, cfg.num_classes, cfg.label_dropout
         self.time = (

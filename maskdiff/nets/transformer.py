@@ -10,12 +10,44 @@ The output layer starts at zero, so a fresh model predicts the uniform distribut
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdiff.config import ModelConfig
+from maskdiff.sections import Section, at_least_one, option
+
+
+@dataclass
+class TransformerConfig(Section):
+    """The ``model`` section of a transformer run (any token sequence)."""
+
+    architecture: str = option("transformer", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
+    n_layers: int = option(4, "number of transformer blocks")
+    d_model: int = option(128, "width of the residual stream")
+    n_heads: int = option(4, "attention heads; d_model must be a multiple of 2 * n_heads")
+    mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
+    time_conditioning: bool = option(False, "condition every block on t with adaLN-Zero (off: the network ignores t)")
+    time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
+    dropout: float = option(0.0, "dropout probability in attention and MLP")
+    rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
+
+    def problems(self) -> list[str]:
+        out = at_least_one(self, "model", ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features"))
+        out += head_problems(self.d_model, self.n_heads)
+        if not 0 <= self.dropout < 1:
+            out.append("model.dropout must be in [0, 1)")
+        if self.rope_base <= 1:
+            out.append("model.rope_base must be > 1")
+        return out
+
+
+def head_problems(d_model: int, n_heads: int) -> list[str]:
+    """Rotary embeddings rotate channel pairs, so every head needs an even width."""
+    if n_heads >= 1 and d_model % (2 * n_heads):
+        return [f"model.d_model ({d_model}) must be a multiple of 2 * model.n_heads ({2 * n_heads})"]
+    return []
 
 
 def rotary_tables(length: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +78,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.dropout = cfg.dropout
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -62,12 +94,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, d_model: int, mlp_ratio: int, dropout: float):
         super().__init__()
-        hidden = cfg.mlp_ratio * cfg.d_model
-        self.up = nn.Linear(cfg.d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        hidden = mlp_ratio * d_model
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(F.gelu(self.up(x))))
@@ -76,14 +108,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm attention + MLP; with a condition c [B, D], adaLN-Zero shifts, scales and gates both."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, conditioned: bool):
         super().__init__()
-        conditioned = cfg.time_conditioning
-        self.norm1 = nn.LayerNorm(cfg.d_model, elementwise_affine=not conditioned)
-        self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.d_model, elementwise_affine=not conditioned)
-        self.mlp = MLP(cfg)
-        self.modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model) if conditioned else None
+        self.norm1 = nn.LayerNorm(d_model, elementwise_affine=not conditioned)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.norm2 = nn.LayerNorm(d_model, elementwise_affine=not conditioned)
+        self.mlp = MLP(d_model, mlp_ratio, dropout)
+        self.modulation = nn.Linear(d_model, 6 * d_model) if conditioned else None
 
     def forward(self, x, cos, sin, c=None):
         if self.modulation is None:
@@ -97,7 +128,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """The denoiser network. ``vocab_size`` is V: V+1 input embeddings (mask id V), V output logits."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    def __init__(self, cfg: TransformerConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size + 1, cfg.d_model)
@@ -106,17 +137,14 @@ class Transformer(nn.Module):
             if cfg.time_conditioning
             else None
         )
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning) for _ in range(cfg.n_layers)
+        )
         self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_conditioning)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
         self.head = nn.Linear(cfg.d_model, vocab_size)
         self._rotary_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters()
-
-    @property
-    def uses_time(self) -> bool:
-        """Whether the output depends on t (samplers may reuse predictions when it does not)."""
-        return self.cfg.time_conditioning
 
     def reset_parameters(self) -> None:
         std = 0.02

@@ -13,13 +13,24 @@ uniform distribution (exactly 8 bits/dim).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdiff.conditioning import Condition, SubpixelEmbedding, count_parameters, init_weights
-from maskdiff.config import ModelConfig
+from maskdiff.nets.image_layers import Condition, ImageNetConfig, SubpixelEmbedding, count_parameters, init_weights
+from maskdiff.sections import option
+
+
+@dataclass
+class UNetConfig(ImageNetConfig):
+    """The ``model`` section of a U-Net run."""
+
+    architecture: str = option("unet", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
+    n_layers: int = option(2, "residual blocks on each side of the middle (all at full resolution)")
+    d_model: int = option(32, "channels of every residual block")
+    n_heads: int = option(1, "attention heads of the self-attention in the middle; d_model must be a multiple of 2 * n_heads")
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -65,7 +76,7 @@ class AttentionBlock(nn.Module):
 class UNet(nn.Module):
     """The image denoiser; ``d_model`` channels, ``n_layers`` residual blocks before and after the middle."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, image_size: int, channels: int):
+    def __init__(self, cfg: UNetConfig, vocab_size: int, image_size: int, channels: int):
         super().__init__()
         self.cfg, self.vocab_size, self.image_size, self.channels = cfg, vocab_size, image_size, channels
         width = cfg.d_model
@@ -82,10 +93,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(width, channels * vocab_size, 1)
         # residual branches start at zero: every block begins as the identity
         init_weights(self, [self.conv_out, self.attn.out] + [b.conv2 for b in (*self.down, self.mid1, self.mid2, *self.up)])
-
-    @property
-    def uses_time(self) -> bool:
-        return self.cfg.time_conditioning
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z_t [B, H*W*C] ids in 0..V (V = mask), t [B], labels [B] or None -> logits [B, H*W*C, V]."""

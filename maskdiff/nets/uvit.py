@@ -11,15 +11,36 @@ second. A linear head gives 256 logits for every sub-pixel of a patch; it starts
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from maskdiff.conditioning import Condition, SubpixelEmbedding, count_parameters, init_weights
-from maskdiff.config import ModelConfig
 from maskdiff.errors import MaskdiffError
-from maskdiff.transformer import Block, modulate, rotary_tables
+from maskdiff.nets.image_layers import Condition, ImageNetConfig, SubpixelEmbedding, count_parameters, init_weights
+from maskdiff.nets.transformer import Block, modulate, rotary_tables
+from maskdiff.sections import option
+
+
+@dataclass
+class UViTConfig(ImageNetConfig):
+    """The ``model`` section of a U-ViT run."""
+
+    architecture: str = option("uvit", "denoiser network: transformer (any data), unet or uvit (images; see data.format)")
+    n_layers: int = option(4, "transformer blocks over the patch sequence (the first half feeds long skips to the second)")
+    d_model: int = option(128, "width of the transformer over patches")
+    n_heads: int = option(4, "attention heads; d_model must be a multiple of 2 * n_heads")
+    mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
+    patch_size: int = option(4, "side of the square patches that become transformer tokens")
+    rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.mlp_ratio < 1 or self.patch_size < 1:
+            out.append("model.mlp_ratio and model.patch_size must be >= 1")
+        if self.rope_base <= 1:
+            out.append("model.rope_base must be > 1")
+        return out
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -41,7 +62,7 @@ def unpatchify(x: torch.Tensor, patch: int, height: int) -> torch.Tensor:
 class UViT(nn.Module):
     """Patchified transformer over the image; ``n_layers`` blocks of width ``d_model``."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, image_size: int, channels: int):
+    def __init__(self, cfg: UViTConfig, vocab_size: int, image_size: int, channels: int):
         super().__init__()
         if image_size % cfg.patch_size:
             raise MaskdiffError(f"data.image_size ({image_size}) must be a multiple of model.patch_size ({cfg.patch_size})")
@@ -53,8 +74,9 @@ class UViT(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, self.grid * self.grid, width))
         self.condition = Condition(cfg, width)
         conditioned = self.condition.enabled
-        block_cfg = dataclasses.replace(cfg, time_conditioning=conditioned)
-        self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(width, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, conditioned) for _ in range(cfg.n_layers)
+        )
         self.skips = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(cfg.n_layers // 2))
         self.norm = nn.LayerNorm(width, elementwise_affine=not conditioned)
         self.final_modulation = nn.Linear(width, 2 * width) if conditioned else None
@@ -64,10 +86,6 @@ class UViT(nn.Module):
         cos, sin = rotary_tables(self.grid * self.grid, width // cfg.n_heads, cfg.rope_base, "cpu")
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-
-    @property
-    def uses_time(self) -> bool:
-        return self.cfg.time_conditioning
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z_t [B, H*W*C] ids in 0..V (V = mask), t [B], labels [B] or None -> logits [B, H*W*C, V]."""

@@ -1,23 +1,32 @@
-"""The MD4 masked-diffusion objective: forward masking and the continuous/discrete-time NELBO.
+"""What every objective offers the rest of maskdiff, and the masked-diffusion bound written once.
 
-Notation (DESIGN.md section 1): x0 holds token ids in 0..V-1, the mask id is V, z_t is x0 with
-each token independently replaced by the mask with probability 1 - alpha(t). The denoiser is
-any callable ``(z_t [B, L], t [B]) -> logits [B, L, V]``; it never predicts the mask.
+:class:`Objective` is the interface the trainer, evaluation and generation use: a training loss,
+a likelihood (or a bound on it) and generation. :class:`DiffusionModel` implements it for
+masked diffusion (docs/method.md): x0 holds token ids in 0..V-1, the mask id is V, z_t is x0
+with each token independently replaced by the mask with probability 1 - alpha(t), and the
+denoiser is any callable ``(z_t [B, L], t [B]) -> logits [B, L, V]``; it never predicts the mask.
+One estimate of the bound is always the same four moves::
 
-    continuous:  NELBO = E_t[ w(t) * sum_{masked i} -log mu(z_t, t)_i[x_i] ],  w = -alpha'/(1-alpha)
-    discrete T:  NELBO = E_i[ T * (alpha_s - alpha_t)/(1 - alpha_t) * sum_{masked i} CE ], t = i/T, s = t - 1/T
+    t    = draw_times(B)                         stratified across the batch
+    z_t  = mask_tokens(x0, keep_probability(x0, t))
+    loss = loss_from_logits(predict(z_t, t), x0, z_t, t)     the weighted masked cross-entropy
+         + boundary_terms(x0)                                 closed forms outside the integral
+
+and an objective (MD4, GenMD4) supplies only what differs: its keep probabilities, its weights
+(``loss_from_logits``) and its boundary terms.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.schedules import ScheduleLike, resolve
+from maskdiff.sampling import SamplerOptions, Step, iterate
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,27 +70,36 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, masked: torch.T
     return (ce.view(x0.shape) * masked).sum(dim=-1)
 
 
-class DiffusionModel(nn.Module):
-    """What every masked-diffusion objective shares: a denoiser, the mask id, forward() and sample().
+class Objective(nn.Module):
+    """The interface between a model and the rest of maskdiff (trainer, evaluation, generation).
 
-    Subclasses give ``schedule``, ``nelbo``, ``loss_from_logits`` and ``train_loss``.
+    The trainer calls ``forward`` (= :meth:`train_loss`), evaluation calls :meth:`nelbo` and reads
+    :attr:`estimator`, generation calls :meth:`iterate` or :meth:`sample`, and at the end of a run
+    the trainer calls :meth:`write_artifacts`. An autoregressive objective implements the same
+    methods (its ``nelbo`` is then the exact negative log-likelihood, ``estimator = "exact"``).
     """
 
-    def __init__(self, denoiser: Denoiser, vocab_size: int | None):
-        super().__init__()
-        if vocab_size is None or vocab_size < 1:
-            raise MaskdiffError(f"{type(self).__name__} needs vocab_size >= 1")
-        self.denoiser = denoiser
-        self.vocab_size = vocab_size
-        self.mask_id = vocab_size
+    estimator = "nelbo"  # what nelbo() returns: a Monte Carlo bound ("nelbo") or the exact NLL ("exact")
+    vocab_size: int
+    mask_id: int  # the id that marks free positions in ``given`` (and masked inputs of a diffusion model)
 
     def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None, **conditioning) -> torch.Tensor:
         """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
         return self.train_loss(x0, generator=generator, **conditioning)
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``."""
-        return self.denoiser(z_t, t) if labels is None else self.denoiser(z_t, t, labels=labels)
+    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """What the trainer minimises, in nats per sequence [B]."""
+        raise NotImplementedError
+
+    def nelbo(
+        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The negative log-likelihood of x0 [B, L] in nats per sequence [B], or an upper bound on it."""
+        raise NotImplementedError
+
+    def iterate(self, num_samples: int, length: int, steps: int, **options) -> Iterator[Step]:
+        """Every state of generating ``num_samples`` sequences of ``length`` tokens; the last one is the output."""
+        raise NotImplementedError
 
     def sample(
         self,
@@ -93,58 +111,98 @@ class DiffusionModel(nn.Module):
         generator: torch.Generator | None = None,
         **rule_options,
     ) -> torch.Tensor:
-        """Draw ``num_samples`` sequences of ``length`` tokens with ``steps`` reverse steps.  -> [N, L]
+        """Draw ``num_samples`` sequences of ``length`` tokens with ``steps`` steps.  -> [N, L]
 
-        ``method`` is a rule of :mod:`maskdiff.sampling` (ancestral, mean, low_confidence,
+        ``method`` is a sampler rule (``maskdiff.sampling.RULES``: ancestral, mean, low_confidence,
         random, threshold); ``given`` [N, L] fixes every position that is not the mask id
         (prompts, infilling); ``rule_options`` are fields of :class:`maskdiff.sampling.SamplerOptions`
         (temperature, top_k, top_p, grid, block_size, cfg, ...).
         """
-        from maskdiff.sampling import sample as run_sampler
+        step = None
+        for step in self.iterate(num_samples, length, steps, method=method, given=given, generator=generator, **rule_options):
+            pass
+        assert step is not None  # iterate always yields the initial state
+        return step.z
 
-        return run_sampler(self, num_samples, length, steps, given=given, generator=generator, method=method, **rule_options)
+    def num_parameters(self) -> int:
+        """Parameters of the network without its input embedding (what scaling laws count)."""
+        raise NotImplementedError
+
+    def flops_per_token(self, length: int) -> float:
+        """Training FLOPs per token (forward + backward) at sequence length ``length``."""
+        raise NotImplementedError
+
+    def write_artifacts(self, run_dir: Path, token_labels: list[str]) -> list[Path]:
+        """Files that describe what this objective learned, written at the end of a run (none by default)."""
+        return []
 
 
-class MaskedDiffusion(DiffusionModel):
-    """MD4: a denoiser plus a masking schedule, giving the NELBO and an ancestral sampler.
+class DiffusionModel(Objective):
+    """Masked diffusion: a denoiser, the mask id, the bound (:meth:`nelbo`) and the reverse process.
 
-    Args:
-        denoiser: callable ``(z_t, t) -> logits [B, L, vocab_size]``; registered as a submodule
-            when it is an ``nn.Module`` so its parameters train with this object.
-        schedule: a schedule name (see :func:`maskdiff.schedules.get`) or any object with
-            ``alpha(t)`` and ``dalpha(t)``.
-        vocab_size: V; token ids are 0..V-1 and the mask id is V.
+    Subclasses give ``schedule``, :meth:`keep_probability`, :meth:`loss_from_logits` and, where the
+    bound has them, :meth:`boundary_terms`; :meth:`draw_times` may move t to another range.
     """
 
-    def __init__(self, denoiser: Denoiser, schedule: str | ScheduleLike = "linear", vocab_size: int | None = None):
-        super().__init__(denoiser, vocab_size)
-        self.schedule = resolve(schedule)
+    def __init__(self, denoiser: Denoiser, vocab_size: int | None):
+        super().__init__()
+        if vocab_size is None or vocab_size < 1:
+            raise MaskdiffError(f"{type(self).__name__} needs vocab_size >= 1")
+        self.denoiser = denoiser
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
 
-    # ----------------------------------------------------------------- the bound
-    def loss_from_logits(
+    # ----------------------------------------------------------------- the network
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``."""
+        return self.denoiser(z_t, t) if labels is None else self.denoiser(z_t, t, labels=labels)
+
+    def guided_predict(
         self,
-        logits: torch.Tensor,
-        x0: torch.Tensor,
         z_t: torch.Tensor,
         t: torch.Tensor,
-        timesteps: int | None = None,
+        cfg: float = 0.0,
+        prompt: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> torch.Tensor:
-        """The one-sample NELBO (nats per sequence) for given logits [B,L,V], x0, z_t [B,L] and t [B].
+        """Logits [B, L, V] in ``dtype``, with classifier-free guidance of weight ``cfg``: u + (cfg + 1)(c - u).
 
-        Deterministic: continuous time weights the masked cross-entropy by -alpha'(t)/(1-alpha(t));
-        with ``timesteps=T`` t must lie on the grid i/T and the weight is T (alpha_s - alpha_t)/(1 - alpha_t).
+        The unconditional pass u sees the null label where class ``labels`` [B] are given, else the
+        same sequences with the ``prompt`` positions [B, L] (bool) masked (SMDM's unsupervised
+        guidance). Both passes run as one batch. Without cfg, labels or prompt: the plain prediction.
         """
-        masked = z_t == self.mask_id
-        ce = masked_cross_entropy(logits, x0, masked)
-        weight = self._weight(t, timesteps)
-        return weight.to(ce.dtype) * ce
+        if cfg == 0 or (labels is None and prompt is None):
+            return self.predict(z_t, t, labels).to(dtype)
+        if labels is not None:
+            unconditional, both_labels = z_t, torch.cat([labels, torch.full_like(labels, -1)])
+        else:
+            assert prompt is not None
+            unconditional, both_labels = torch.where(prompt, self.mask_id, z_t), None
+        both = self.predict(torch.cat([z_t, unconditional]), torch.cat([t, t]), both_labels)
+        cond, uncond = both.to(dtype).chunk(2)
+        return uncond + (cfg + 1) * (cond - uncond)
 
-    def _weight(self, t: torch.Tensor, timesteps: int | None) -> torch.Tensor:
-        alpha_t = self.schedule.alpha(t)
-        if timesteps is None:
-            return -self.schedule.dalpha(t) / (1 - alpha_t)
-        alpha_s = self.schedule.alpha(discrete_grid_previous(t, timesteps))
-        return timesteps * (alpha_s - alpha_t) / (1 - alpha_t)
+    def num_parameters(self) -> int:
+        return self.denoiser.num_parameters()  # type: ignore[union-attr]
+
+    def flops_per_token(self, length: int) -> float:
+        return self.denoiser.flops_per_token(length)  # type: ignore[union-attr]
+
+    # ----------------------------------------------------------------- the bound
+    def keep_probability(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The chance that each token survives to time t: [B] (one schedule) or [B, L] (per token)."""
+        raise NotImplementedError
+
+    def loss_from_logits(
+        self, logits: torch.Tensor, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, timesteps: int | None = None
+    ) -> torch.Tensor:
+        """The one-sample estimate (nats per sequence [B]) of the integral for given logits, masks and t."""
+        raise NotImplementedError
+
+    def boundary_terms(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """Closed-form terms of the bound outside the integral, nats per sequence [B] (None: there are none)."""
+        return None
 
     def draw_times(self, batch: int, device, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stratified t across the batch; on the grid {1/T, ..., 1} when ``timesteps=T``.  -> [B]"""
@@ -162,9 +220,28 @@ class MaskedDiffusion(DiffusionModel):
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
         t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
-        z_t = mask_tokens(x0, self.schedule.alpha(t), self.mask_id, generator)
-        return self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)
+        z_t = mask_tokens(x0, self.keep_probability(x0, t).detach(), self.mask_id, generator)
+        loss = self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)
+        boundary = self.boundary_terms(x0)
+        return loss if boundary is None else loss + boundary
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, **conditioning) -> torch.Tensor:
-        """What the trainer minimises, in nats per sequence [B]: for MD4 the NELBO itself."""
-        return self.nelbo(x0, generator=generator, **conditioning)
+    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """What the trainer minimises, in nats per sequence [B]: by default the NELBO itself."""
+        return self.nelbo(x0, generator=generator, labels=labels)
+
+    # ----------------------------------------------------------------- generation
+    def iterate(  # type: ignore[override]
+        self,
+        num_samples: int,
+        length: int,
+        steps: int,
+        given: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device=None,
+        options: SamplerOptions | None = None,
+        labels: torch.Tensor | None = None,
+        **option_values,
+    ) -> Iterator[Step]:
+        """Every state of the reverse process (:func:`maskdiff.sampling.iterate`); the last has no mask ids."""
+        return iterate(self, num_samples, length, steps, given=given, generator=generator, device=device,
+                       options=options, labels=labels, **option_values)

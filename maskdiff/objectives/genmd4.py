@@ -23,13 +23,15 @@ true NELBO while descending the surrogate.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdiff.diffusion import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times
+from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times
 from maskdiff.errors import MaskdiffError
+from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
 
 
@@ -154,31 +156,17 @@ class GenMD4(DiffusionModel):
         i = torch.round((t - self.t1) / (1 - self.t1) * timesteps)
         return self.t1 + (1 - self.t1) * (i - 1) / timesteps
 
-    def token_alpha(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def keep_probability(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """alpha_{x_i}(t): the chance that each token of x0 [B, L] is kept at t [B].  -> [B, L]"""
         return per_token(self.schedule.alpha(t), x0)
 
     def log_q(self, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log q(z_t | x0) of a masking, differentiable in w.  -> [B]"""
-        return self._log_q(self.token_alpha(x0, t), z_t)
+        return self._log_q(self.keep_probability(x0, t), z_t)
 
     def _log_q(self, keep: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
         """log q(z_t | x0) from the tokens' keep probabilities keep [B, L].  -> [B]"""
         return torch.where(z_t == self.mask_id, torch.log1p(-keep), keep.log()).sum(-1)
-
-    def nelbo(
-        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """One-sample NELBO estimate in nats per sequence [B], boundary terms included.
-
-        ``timesteps=T`` gives the discrete-time bound with T steps on [t1, 1]; ``labels`` [B] go
-        to class-conditional denoisers.
-        """
-        if timesteps is not None and timesteps < 1:
-            raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
-        t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
-        z_t = mask_tokens(x0, self.token_alpha(x0, t).detach(), self.mask_id, generator)
-        return self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps) + self.boundary_terms(x0)
 
     def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The NELBO averaged over two maskings at the same t, with the RLOO gradient for w.  -> [B]
@@ -188,7 +176,7 @@ class GenMD4(DiffusionModel):
         """
         batch = x0.shape[0]
         t = self.draw_times(batch, x0.device, None, generator)
-        keep = self.token_alpha(x0, t)  # [B, L], differentiable in w
+        keep = self.keep_probability(x0, t)  # [B, L], differentiable in w
         z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
         z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
         both_labels = None if labels is None else torch.cat([labels, labels])
@@ -198,3 +186,7 @@ class GenMD4(DiffusionModel):
         score = 0.5 * (l1 - l2).detach() * (self._log_q(keep, z1) - self._log_q(keep, z2))
         bound = 0.5 * (l1 + l2) + self.boundary_terms(x0)
         return bound + (score - score.detach())  # zero in value, the RLOO term in gradient
+
+    def write_artifacts(self, run_dir: Path, token_labels: list[str]) -> list[Path]:
+        """The learned exponents: RUN/token_powers.json and a bar plot RUN/token_powers.png."""
+        return write_token_powers(self.w.tolist(), token_labels, run_dir)

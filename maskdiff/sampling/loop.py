@@ -42,8 +42,9 @@ from typing import Iterator
 import torch
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
+from maskdiff.sampling.streams import SampleStreams
 
-GRIDS = ("cosine", "uniform")
 METHODS = ("ancestral", "mean", "low_confidence", "random", "threshold")
 
 
@@ -107,88 +108,6 @@ class Step:
     revealed: torch.Tensor | None = None  # [N, L] bool: positions revealed by this step
 
 
-def time_grid(steps: int, kind: str = "cosine", dtype=torch.float64) -> torch.Tensor:
-    """steps + 1 times from 1 down to 0; "cosine" spends more steps near t = 1 as MD4 does.  -> [steps+1]"""
-    if steps < 1:
-        raise MaskdiffError(f"steps must be >= 1, got {steps}")
-    u = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype)
-    if kind == "uniform":
-        return u
-    if kind == "cosine":
-        grid = torch.cos(math.pi / 2 * (1 - u))
-        grid[-1] = 0.0  # cos(pi/2) is 6e-17, not 0
-        return grid
-    raise MaskdiffError(f"unknown time grid {kind!r}; choose one of {', '.join(GRIDS)}")
-
-
-# ---------------------------------------------------------------- distributions
-def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Probabilities in float64 after temperature, top-k and top-p; temperature 0 is one-hot argmax.  [..., V]"""
-    logits = logits.double()
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double()
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_k and top_k < probs.shape[-1]:
-        kth = probs.topk(top_k, dim=-1).values[..., -1:]
-        probs = torch.where(probs >= kth, probs, 0.0)
-    if top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely values
-        keep_sorted = before < top_p * sorted_probs.sum(-1, keepdim=True)
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        probs = torch.where(keep, probs, 0.0)
-    return probs / probs.sum(-1, keepdim=True)
-
-
-def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draws: for each row of probs [..., V] the value where cdf first exceeds u [...]."""
-    cdf = probs.cumsum(-1)
-    index = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).to(cdf.dtype), right=True).squeeze(-1)
-    return index.clamp_max(probs.shape[-1] - 1)
-
-
-# ---------------------------------------------------------------- randomness
-def _signed(value: int) -> int:
-    """An unsigned 64-bit constant as the int64 with the same bits."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-GOLDEN_GAMMA = _signed(0x9E3779B97F4A7C15)
-MIX1, MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical (unsigned) right shift of int64 bits."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """The splitmix64 finaliser on int64 tensors (arithmetic wraps modulo 2^64)."""
-    x = (x ^ _shift_right(x, 30)) * MIX1
-    x = (x ^ _shift_right(x, 27)) * MIX2
-    return x ^ _shift_right(x, 31)
-
-
-class SampleStreams:
-    """Counter-based random numbers with one stream per sample.
-
-    Draw k of sample i is splitmix64(seed_i + (k + 1) * gamma): vectorised over the batch, and a
-    sample's numbers depend only on its seed and index, never on the rest of the batch.
-    """
-
-    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None):
-        base = torch.randint(0, 2**62, (1,), generator=generator)
-        self.seeds = splitmix64(base + torch.arange(num_samples) * GOLDEN_GAMMA).to(device)  # [N]
-        self.offset = 0
-
-    def uniform(self, count: int) -> torch.Tensor:
-        """The next ``count`` numbers of every stream, U[0, 1) in float64 with 53 random bits.  -> [N, count]"""
-        counter = torch.arange(self.offset + 1, self.offset + count + 1, device=self.seeds.device)
-        self.offset += count
-        bits = splitmix64(self.seeds[:, None] + counter[None] * GOLDEN_GAMMA)
-        return _shift_right(bits, 11).double() * 2.0**-53
-
-
 # ---------------------------------------------------------------- the loop
 def initial_state(num_samples: int, length: int, mask_id: int, given: torch.Tensor | None, device) -> torch.Tensor:
     """All masks, or ``given`` checked for shape and range.  -> [N, L]"""
@@ -246,22 +165,14 @@ class Denoise:
         self.nfe = 0
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float) -> torch.Tensor:
-        """Logits [len(rows), L, V] for z[rows] at time t."""
+        """Logits [len(rows), L, V] in float64 for z[rows] at time t."""
         z = z[rows]
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
         labels = None if self.labels is None else self.labels[rows]
+        prompt = None if self.prompt is None else self.prompt[rows]
         with torch.no_grad():
-            if self.options.cfg == 0 or (labels is None and self.prompt is None):
-                return self.model.predict(z, times, labels).double()
-            # unconditional pass: the null label, or else the same sequences with the prompt masked
-            if labels is not None:
-                unconditional, both_labels = z, torch.cat([labels, torch.full_like(labels, -1)])
-            else:
-                unconditional, both_labels = torch.where(self.prompt[rows], self.model.mask_id, z), None
-            both = self.model.predict(torch.cat([z, unconditional]), torch.cat([times, times]), both_labels)  # one batch
-            cond, uncond = both.double().chunk(2)
-            return uncond + (self.options.cfg + 1) * (cond - uncond)
+            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels)
 
 
 def iterate(

@@ -23,13 +23,13 @@ from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data import chunks, prepare_data, training_batches
-from maskdiff.ema import EMA
+from maskdiff.training.ema import EMA
 from maskdiff.errors import MaskdiffError
-from maskdiff.evaluation import EvalResult, evaluate_nelbo
+from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.interrupt import StopRequest
-from maskdiff.genmd4 import GenMD4
-from maskdiff.metrics import MetricsLog, plot_loss, write_token_powers
+from maskdiff.training.interrupt import StopRequest
+from maskdiff.metrics import MetricsLog
+from maskdiff.plots import plot_loss
 from maskdiff.models import build_model
 from maskdiff.tokenizer import load_tokenizer
 
@@ -109,7 +109,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     if progress:
         tqdm.write(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
-            f"vocabulary {tokenizer.vocab_size} | {model.denoiser.num_parameters():,} parameters | "
+            f"vocabulary {tokenizer.vocab_size} | {model.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
             + (f" | {ctx.world_size} processes" if ctx.active else "")
         )
@@ -275,7 +275,5 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         log.log(step, valid_bits=final.bits_per_token)
         log.close()
         plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
-        trained_model = ema.module if ema is not None else model
-        if isinstance(trained_model, GenMD4):
-            write_token_powers(trained_model.w.tolist(), tokenizer.labels(), run_dir)
+        (ema.module if ema is not None else model).write_artifacts(run_dir, tokenizer.labels())
     return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main, tokenizer.unit)

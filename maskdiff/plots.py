@@ -1,57 +1,12 @@
-"""Training metrics: one CSV row per logged step, the same scalars in TensorBoard, and a loss plot."""
+"""PNG plots of a run: the loss curve and GenMD4's learned token exponents (matplotlib, drawn off-screen)."""
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 from pathlib import Path
 
-COLUMNS = ("step", "tokens", "lr", "train_loss", "train_bits", "grad_norm", "tokens_per_s", "skipped_steps", "valid_bits")
-
-
-class MetricsLog:
-    """Appends rows to RUN/metrics.csv and RUN/tensorboard/; a resumed run first drops rows after its step."""
-
-    def __init__(self, run_dir: Path, resume_step: int = 0, tensorboard: bool = True):
-        self.path = Path(run_dir) / "metrics.csv"
-        self._truncate_after(resume_step)
-        new = not self.path.exists()
-        self._file = open(self.path, "a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        if new:
-            self._csv.writeheader()
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
-
-    def _truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        rows = read_metrics(self.path)
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step)
-
-    def log(self, step: int, **values: float) -> None:
-        row = {"step": step, **{k: f"{v:.6g}" for k, v in values.items()}}
-        self._csv.writerow(row)
-        self._file.flush()
-        if self._tb is not None:
-            for name, value in values.items():
-                self._tb.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from maskdiff.metrics import read_metrics
 
 
 def plot_loss(metrics_csv: Path, out_png: Path, unit: str = "token") -> Path:
@@ -84,13 +39,11 @@ def plot_loss(metrics_csv: Path, out_png: Path, unit: str = "token") -> Path:
     return out_png
 
 
-def write_token_powers(powers: list[float], labels: list[str], run_dir: Path) -> Path:
+def write_token_powers(powers: list[float], labels: list[str], run_dir: Path) -> list[Path]:
     """GenMD4's learned exponents: RUN/token_powers.json ({label: w}) and a bar plot RUN/token_powers.png.
 
     A larger w keeps that token unmasked longer (alpha = 1 - t^w), so it is revealed earlier in sampling.
     """
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,4 +64,4 @@ def write_token_powers(powers: list[float], labels: list[str], run_dir: Path) ->
     out = run_dir / "token_powers.png"
     fig.savefig(out)
     plt.close(fig)
-    return out
+    return [run_dir / "token_powers.json", out]

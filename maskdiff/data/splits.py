@@ -1,0 +1,31 @@
+"""Splits of a data set as token tensors, and the evaluation view of a split (non-overlapping sequences)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from maskdiff.errors import MaskdiffError
+
+
+@dataclass
+class Splits:
+    """Token ids of the three parts of a data set."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in ("train", "valid", "test"):
+            raise MaskdiffError(f"unknown split {name!r}; choose train, valid or test")
+        return getattr(self, name)
+
+
+def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""
+    n = tokens.numel() // seq_len
+    if n == 0:
+        raise MaskdiffError(f"the text has {tokens.numel()} tokens, fewer than one sequence of {seq_len}")
+    return tokens[: n * seq_len].view(n, seq_len).long()  # image splits are stored as uint8

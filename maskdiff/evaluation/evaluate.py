@@ -1,0 +1,91 @@
+"""``maskdiff eval --checkpoint``: the likelihood of a trained run on a split of its data or on a text file."""
+
+from __future__ import annotations
+
+import torch
+
+from maskdiff.checkpoint import load_run
+from maskdiff.data import chunks, prepare_data, read_text
+from maskdiff.errors import MaskdiffError
+from maskdiff.evaluation.bound import evaluate_nelbo
+from maskdiff.evaluation.chain_rule import evaluate_chain_rule
+from maskdiff.evaluation.results import EvalResult
+from maskdiff.hardware import resolve_device, resolve_precision
+
+
+def encode_corpus(tokenizer, text: str, source: str, skip_unknown: bool = False) -> tuple[torch.Tensor, dict]:
+    """Token ids of ``text``; characters the tokenizer cannot encode are refused (naming them
+    and their counts) unless ``skip_unknown``, which drops them.  -> (ids, {char: count dropped})"""
+    problem = tokenizer.describe_unknown(text) if hasattr(tokenizer, "describe_unknown") else None
+    if problem is None:
+        return tokenizer.encode(text), {}
+    if not skip_unknown:
+        raise MaskdiffError(f"{source} has {problem}; pass --skip-unknown to drop them")
+    skipped = dict(tokenizer.unknown(text).most_common())
+    return tokenizer.encode(tokenizer.drop_unknown(text)), skipped
+
+
+def evaluate_checkpoint(
+    checkpoint,
+    data: str | None = None,
+    split: str = "test",
+    mc_samples: int = 1,
+    timesteps: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    length: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = False,
+    skip_unknown: bool = False,
+    chain_rule: bool = False,
+    max_sequences: int | None = None,
+) -> tuple[EvalResult, dict]:
+    """The likelihood of a run's model on a split of its own corpus or on any local text file.
+
+    Default: the NELBO bound with ``mc_samples`` (K) Monte Carlo samples per sequence
+    (continuous time, or discrete time with ``timesteps``). ``chain_rule``: the exact
+    log-likelihood of left-to-right unmasking instead (:mod:`maskdiff.likelihood`). A ``data``
+    file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
+    encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
+
+    Returns the result and a description of what was evaluated (checkpoint, data, unit, ...).
+    """
+    if mc_samples < 1:
+        raise MaskdiffError(f"the number of Monte Carlo samples must be >= 1, got {mc_samples}")
+    if timesteps is not None and timesteps < 1:
+        raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
+    if chain_rule and (timesteps is not None or mc_samples != 1):
+        raise MaskdiffError("the chain-rule likelihood is exact: it takes neither --timesteps nor --mc-samples")
+    if max_sequences is not None and max_sequences < 1:
+        raise MaskdiffError(f"max sequences must be >= 1, got {max_sequences}")
+    dev = resolve_device(device)
+    run = load_run(checkpoint, device=dev)
+    length = run.config.data.seq_len if length is None else length
+    if length < 1:
+        raise MaskdiffError(f"length must be >= 1, got {length}")
+    skipped: dict = {}
+    if data:
+        source = str(data)
+        tokens, skipped = encode_corpus(run.tokenizer, read_text(data), f"corpus {source!r}", skip_unknown)
+    else:
+        _, splits = prepare_data(run.config.data, run.tokenizer)
+        tokens = splits.get(split)
+        source = f"{run.config.data.path or 'built-in corpus'} ({split} split)"
+    sequences = chunks(tokens, length)[:max_sequences]
+    dtype = resolve_precision(precision, dev)
+    if chain_rule:
+        result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)
+    else:
+        result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress)
+    info = {
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "data": source,
+        "unit": run.tokenizer.unit,
+        "seed": seed,
+        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "skipped_characters": sum(skipped.values()),
+        "skipped": skipped,
+    }
+    return result, info

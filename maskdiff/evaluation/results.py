@@ -1,0 +1,84 @@
+"""What an evaluation reports: a likelihood (or bound) per token with its standard errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from maskdiff.errors import MaskdiffError
+
+
+@dataclass
+class EvalResult:
+    """A likelihood bound (or exact chain-rule likelihood) of a set of sequences, per token.
+
+    ``*_stderr`` is the standard error over sequences (it includes how much sequences differ,
+    so it does not vanish as K grows); ``bits_per_token_mc_stderr`` is the Monte Carlo error
+    alone for these fixed sequences, which shrinks like 1/sqrt(K) (None when K = 1).
+    """
+
+    bits_per_token: float
+    bits_per_token_stderr: float
+    bits_per_token_mc_stderr: float | None
+    nats_per_token: float
+    perplexity: float
+    perplexity_stderr: float
+    num_sequences: int
+    num_tokens: int
+    samples_per_sequence: int
+    timesteps: int | None
+    estimator: str = "nelbo"  # "nelbo" (Monte Carlo bound) or "chain_rule" (exact, left to right)
+
+    def to_dict(self) -> dict:
+        """Plain values for JSON; NaN (a standard error from a single estimate) becomes None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def summarize(per_sequence: torch.Tensor, length: int, timesteps: int | None = None, estimator: str = "nelbo") -> EvalResult:
+    """EvalResult from nats per sequence [N, K] (K estimates of each of N sequences of ``length`` tokens)."""
+    num, samples = per_sequence.shape
+    per_token = per_sequence.double() / length  # [N, K]
+    nats = per_token.mean(dim=1)  # [N]
+    if num > 1:
+        stderr_nats = nats.std(unbiased=True).item() / math.sqrt(num)
+    elif samples > 1:  # one sequence: the spread of its own estimates
+        stderr_nats = per_token[0].std(unbiased=True).item() / math.sqrt(samples)
+    else:
+        stderr_nats = float("nan")
+    if estimator != "nelbo":
+        mc_stderr = 0.0  # deterministic
+    elif samples > 1:
+        # Var(mean) = mean_n Var_k / (K N) for independent draws; stratified t makes the draws
+        # of one batch negatively correlated, so this is conservative
+        mc_stderr = math.sqrt(per_token.var(dim=1, unbiased=True).mean().item() / (samples * num)) / math.log(2)
+    else:
+        mc_stderr = None
+    mean_nats = nats.mean().item()
+    ppl = math.exp(mean_nats)
+    return EvalResult(
+        bits_per_token=mean_nats / math.log(2),
+        bits_per_token_stderr=stderr_nats / math.log(2),
+        bits_per_token_mc_stderr=mc_stderr,
+        nats_per_token=mean_nats,
+        perplexity=ppl,
+        perplexity_stderr=ppl * stderr_nats,
+        num_sequences=num,
+        num_tokens=num * length,
+        samples_per_sequence=samples,
+        timesteps=timesteps,
+        estimator=estimator,
+    )
+
+
+def model_device(model) -> torch.device:
+    """Where a model's parameters live (the CPU for a parameter-free model such as an oracle)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+def check_sequences(sequences: torch.Tensor, batch_size: int) -> None:
+    if batch_size < 1:
+        raise MaskdiffError(f"batch size must be >= 1, got {batch_size}")
+    if sequences.ndim != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
+        raise MaskdiffError("nothing to evaluate: no complete sequence")

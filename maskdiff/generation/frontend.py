@@ -1,0 +1,57 @@
+"""What text and image generation share: drive a run's model through every step of its sampler
+under the right precision, with a progress bar, a per-step callback and the timing.
+
+Modality adapters (:mod:`maskdiff.generation.text`, :mod:`maskdiff.generation.images`) build the
+conditioning from their kind of input and turn the final state into their kind of output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from maskdiff.hardware import autocast
+from maskdiff.objectives import Objective
+from maskdiff.sampling import SamplerOptions, Step
+
+
+@dataclass
+class Sampled:
+    """The final state of a sampler run and how long it took."""
+
+    final: Step
+    seconds: float
+
+
+def run_sampler(
+    model: Objective,
+    num_samples: int,
+    length: int,
+    steps: int,
+    options: SamplerOptions,
+    seed: int = 0,
+    given: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+) -> Sampled:
+    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included)."""
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    step = None
+    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels)
+    with autocast(device or torch.device("cpu"), dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
+        for step in states:
+            bar.total = step.total
+            bar.update(step.index - bar.n)
+            bar.set_postfix(nfe=step.nfe)
+            if on_step is not None:
+                on_step(step)
+    assert step is not None  # iterate always yields the initial state
+    return Sampled(step, time.perf_counter() - start)

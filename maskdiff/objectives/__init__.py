@@ -1,0 +1,26 @@
+"""Training objectives: the interface (:class:`Objective`) and the registered implementations.
+
+``OBJECTIVES`` maps the config's ``diffusion.objective`` to a builder
+``(diffusion section, denoiser, vocab_size) -> Objective``. Adding an objective is one module
+here plus one ``OBJECTIVES.add`` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from maskdiff.objectives.base import Denoiser, DiffusionModel, Objective, mask_tokens, masked_cross_entropy, stratified_times
+from maskdiff.objectives.genmd4 import GenMD4
+from maskdiff.objectives.md4 import MaskedDiffusion
+from maskdiff.registry import Registry
+
+ObjectiveBuilder = Callable[[Any, Denoiser, int], Objective]
+
+OBJECTIVES: Registry[ObjectiveBuilder] = Registry("diffusion.objective")
+OBJECTIVES.add("md4", lambda section, denoiser, vocab: MaskedDiffusion(denoiser, schedule=section.schedule, vocab_size=vocab))
+OBJECTIVES.add("genmd4", lambda section, denoiser, vocab: GenMD4(denoiser, vocab, power_init=section.power_init, t1=section.t1))
+
+__all__ = [
+    "OBJECTIVES", "Objective", "DiffusionModel", "MaskedDiffusion", "GenMD4", "Denoiser",
+    "mask_tokens", "masked_cross_entropy", "stratified_times",
+]
