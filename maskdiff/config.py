@@ -14,7 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from maskdiff import schedules
 from maskdiff.data import FORMATS
@@ -23,8 +23,7 @@ from maskdiff.nets import ARCHITECTURES, TransformerConfig, UNetConfig, UViTConf
 from maskdiff.objectives import OBJECTIVES
 from maskdiff.sections import Section, option
 
-
-ModelSection = Union[TransformerConfig, UNetConfig, UViTConfig]
+ModelSection = TransformerConfig | UNetConfig | UViTConfig
 
 
 def ModelConfig(architecture: str = "transformer", **fields: Any) -> Any:  # noqa: N802 (reads as the section type it builds)
@@ -66,7 +65,9 @@ class DataConfig(Section):
     seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
     test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
-    format: str = option("text", "a registered data format: text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)")
+    format: str = option(
+        "text", "a registered data format: text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)"
+    )
     image_size: int = option(0, "images: height = width in pixels")
     channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
 
@@ -188,7 +189,7 @@ class RunConfig:
         return {name: getattr(self, name) for name in SECTION_ORDER}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "RunConfig":
+    def from_dict(cls, raw: dict) -> RunConfig:
         """Build and validate a config; every problem in every section is reported at once."""
         unknown = sorted(set(raw) - set(SECTION_ORDER) - {"preset"})
         problems = [f"unknown config section {name!r}" for name in unknown]
@@ -219,7 +220,7 @@ class RunConfig:
             raise MaskdiffError("invalid config: " + "; ".join(problems))
         return cls(preset=str(raw.get("preset", "custom")), **sections)  # type: ignore[arg-type]
 
-    def with_overrides(self, overrides: list[str]) -> "RunConfig":
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
         """A copy with ``section.key=value`` strings applied (values parsed by the field's type).
 
         ``model.architecture=NAME`` switches the model section to that architecture's type,
@@ -245,7 +246,7 @@ class RunConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "RunConfig":
+    def load(cls, path: Path) -> RunConfig:
         try:
             raw = json.loads(Path(path).read_text())
         except FileNotFoundError:

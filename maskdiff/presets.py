@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from maskdiff.errors import MaskdiffError
 from maskdiff.data.images import FASHION_MNIST_DIR
+from maskdiff.errors import MaskdiffError
 
 
 def tiny() -> RunConfig:
@@ -56,7 +56,7 @@ def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
         cfg.model.time_conditioning = True
         return cfg
 
-    preset.__doc__ = f"{base.__doc__.split(':')[0]}, as GenMD4 (a learned schedule per token value)."
+    preset.__doc__ = f"{(base.__doc__ or '').split(':')[0]}, as GenMD4 (a learned schedule per token value)."
     return preset
 
 

@@ -7,7 +7,8 @@ next to the code that implements them. See docs/architecture.md for where each t
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from maskdiff.errors import MaskdiffError
 

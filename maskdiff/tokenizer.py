@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ class CharTokenizer:
         self._sorted_codes = codes[self._order]
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         return cls(sorted(set(text)))
 
     @property
@@ -93,7 +92,7 @@ class CharTokenizer:
         return {"type": self.kind, "chars": self.chars}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "CharTokenizer":
+    def from_dict(cls, raw: dict) -> CharTokenizer:
         return cls(raw["chars"])
 
     def save(self, path: Path) -> None:
@@ -131,14 +130,14 @@ class PixelTokenizer:
         return {"type": self.kind, "levels": self.levels}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "PixelTokenizer":
+    def from_dict(cls, raw: dict) -> PixelTokenizer:
         return cls(int(raw.get("levels", 256)))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
 
 
-Tokenizer = Union[CharTokenizer, PixelTokenizer]
+Tokenizer = CharTokenizer | PixelTokenizer
 TOKENIZERS: Registry[type[CharTokenizer] | type[PixelTokenizer]] = Registry("tokenizer type")
 TOKENIZERS.add(CharTokenizer.kind, CharTokenizer)
 TOKENIZERS.add(PixelTokenizer.kind, PixelTokenizer)

@@ -56,7 +56,9 @@ def test_resume_continues_to_more_steps(trained, capsys):
 
 
 def test_sample_show_steps_prints_the_unmasking(trained, capsys):
-    code, out, err = run(capsys, "sample", "--checkpoint", str(trained), "--num-samples", "1", "--length", "12", "--steps", "4", "--show-steps", "--quiet")
+    code, out, err = run(
+        capsys, "sample", "--checkpoint", str(trained), "--num-samples", "1", "--length", "12", "--steps", "4", "--show-steps", "--quiet"
+    )
     assert code == 0
     assert "--- step 0/4" in err and "_" * 12 in err
 

@@ -5,9 +5,9 @@ import importlib.util
 import pytest
 import torch
 
+from maskdiff.config import DataConfig
 from maskdiff.data import chunks, prepare_data, read_text
 from maskdiff.data.text import RandomCrops, default_corpus, split_tokens
-from maskdiff.config import DataConfig
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer, load_tokenizer
 

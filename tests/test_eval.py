@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ToyDistribution, make_corpus
+from conftest import make_corpus
 from tiny_run import train_tiny
 
 import maskdiff

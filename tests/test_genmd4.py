@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import maskdiff
-from maskdiff.objectives import mask_tokens, stratified_times
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives import mask_tokens, stratified_times
 from maskdiff.objectives.genmd4 import GenMD4, inverse_softplus
 from tests.test_sampling import empirical, product_of_marginals, tv
 
@@ -155,7 +155,7 @@ def test_rloo_gradient_is_unbiased_and_the_score_term_matters():
     x0 = torch.tensor([0, 2, 1, 2])
     for t in (0.3, 0.8):
         exact = torch.autograd.grad(exact_objective(model, x0, t), model.raw_w)[0]
-        model.draw_times = lambda batch, device, timesteps=None, generator=None: torch.full((batch,), t)
+        model.draw_times = lambda batch, device, timesteps=None, generator=None, t=t: torch.full((batch,), t)
         gen = torch.Generator().manual_seed(0)
         chunks, size = 40, 2000
         full, pathwise = [], []

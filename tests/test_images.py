@@ -9,24 +9,31 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import lose_checkpoints_after
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import lose_checkpoints_after
 from maskdiff.checkpoint import CHECKPOINTS, load_run
 from maskdiff.cli import main
 from maskdiff.config import DataConfig, ModelConfig, RunConfig
-from maskdiff.objectives import MaskedDiffusion
+from maskdiff.data.images import (
+    RandomImages,
+    images_to_tokens,
+    load_cifar,
+    load_folder,
+    load_idx,
+    load_npz,
+    prepare_images,
+    tokens_to_images,
+)
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_nelbo
-from maskdiff.data.images import (
-    RandomImages, images_to_tokens, load_cifar, load_folder, load_idx, load_npz, prepare_images, tokens_to_images,
-)
 from maskdiff.generation.images import generate_images, keep_mask
 from maskdiff.models import build_denoiser
+from maskdiff.nets.uvit import patchify, unpatchify
+from maskdiff.objectives import MaskedDiffusion
 from maskdiff.presets import get_preset
 from maskdiff.training import train
-from maskdiff.nets.uvit import patchify, unpatchify
 
 
 # ------------------------------------------------------------------ writers of each format

@@ -11,8 +11,8 @@ import pytest
 from maskdiff.cli import main
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import judge as judge_module
-from maskdiff.generation import SAMPLE_DIVIDER
 from maskdiff.evaluation.judge import distinct_n, load_judge, read_samples, sample_quality, unigram_entropy
+from maskdiff.generation import SAMPLE_DIVIDER
 
 PROSE = [
     "The train left the station a few minutes after eight, and most of the passengers were still half asleep.",

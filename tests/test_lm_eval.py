@@ -12,11 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="maskdiff-hf-datasets-"))
 
+import lm_eval  # noqa: E402,F401  (the lmeval extra; scripts/install.sh --test installs it)
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-import lm_eval  # noqa: E402,F401  (the lmeval extra; scripts/install.sh --test installs it)
-
 from conftest import ToyDistribution, make_corpus  # noqa: E402
 from tiny_run import train_tiny  # noqa: E402
 

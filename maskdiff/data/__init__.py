@@ -8,8 +8,9 @@ here plus one ``FORMATS.add`` line below.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from maskdiff.data.images import READERS, image_batches, prepare_images
 from maskdiff.data.splits import Splits, chunks

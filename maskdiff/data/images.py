@@ -24,7 +24,6 @@ a split once.
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ class Images:
     def __len__(self) -> int:
         return self.pixels.shape[0]
 
-    def subset(self, index: np.ndarray) -> "Images":
+    def subset(self, index: np.ndarray) -> Images:
         return Images(self.pixels[index], None if self.labels is None else self.labels[index])
 
 
@@ -178,8 +177,8 @@ def read_cifar_batch(path: Path, image_size: int, channels: int) -> Images:
 
 
 def concat(sets: list[Images]) -> Images:
-    labels = [s.labels for s in sets]
-    joined = None if any(x is None for x in labels) else np.concatenate(labels)
+    labels = [s.labels for s in sets if s.labels is not None]
+    joined = np.concatenate(labels) if len(labels) == len(sets) else None
     return Images(np.concatenate([s.pixels for s in sets]), joined)
 
 
@@ -379,8 +378,11 @@ def prepare_images(data_cfg, tokenizer: PixelTokenizer | None = None) -> tuple[P
     train, test = load_images(data_cfg)
     parts = split_images(train, test, data_cfg.valid_fraction, data_cfg.test_fraction)
     has_labels = all(p.labels is not None for p in parts.values())
+    train_tokens, valid_tokens, test_tokens = (
+        torch.from_numpy(np.array(parts[name].pixels, copy=True).reshape(-1)) for name in ("train", "valid", "test")
+    )
     return tokenizer, ImageSplits(
-        *(torch.from_numpy(np.array(parts[name].pixels, copy=True).reshape(-1)) for name in ("train", "valid", "test")),
+        train_tokens, valid_tokens, test_tokens,
         image_size=data_cfg.image_size,
         channels=data_cfg.channels,
         labels={name: torch.from_numpy(p.labels) for name, p in parts.items()} if has_labels else None,

@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -73,8 +74,8 @@ class Judge:
     """A causal LM and its tokenizer, as :func:`load_judge` returns them."""
 
     name: str
-    model: object  # transformers PreTrainedModel
-    tokenizer: object  # transformers tokenizer
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers tokenizer
 
     @property
     def max_length(self) -> int:
@@ -133,7 +134,7 @@ def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MaskdiffError(f"cannot load judge model {name_or_path!r}: {first}") from None
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # (transformers types its wrapped .to() as unbound)
     return Judge(name_or_path, model, tokenizer)
 
 

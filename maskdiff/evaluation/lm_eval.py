@@ -46,7 +46,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 from maskdiff.checkpoint import load_run
 from maskdiff.evaluation.chain_rule import time_for_alpha
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.objectives import masked_cross_entropy
+from maskdiff.objectives import DiffusionModel, masked_cross_entropy
+from maskdiff.tokenizer import CharTokenizer
 
 
 @register_model("maskdiff")
@@ -79,6 +80,8 @@ class MaskdiffLM(LM):
             device = "cpu"  # the harness asks for cuda by default
         self.device_ = resolve_device(str(device))
         self.run = load_run(checkpoint, weights=weights, device=self.device_)
+        if not isinstance(self.run.model, DiffusionModel) or not isinstance(self.run.tokenizer, CharTokenizer):
+            raise MaskdiffError(f"{checkpoint} is not a masked-diffusion text run; the lm-eval model scores text with the NELBO")
         self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self.mc_samples, self.cfg, self.steps, self.method = int(mc_samples), float(cfg), int(steps), method
         # draws per network call; the harness's own batch_size (requests per call) is not used
@@ -154,7 +157,8 @@ class MaskdiffLM(LM):
     # ------------------------------------------------------------------ the LM interface
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         """For each (context, continuation): (MC lower bound on log p(continuation | context), is_greedy)."""
-        out = [self.score(self.encode(ctx), self.encode(cont), f"{ctx}\0{cont}") for ctx, cont in (r.args for r in self._requests(requests, "loglikelihood"))]
+        pairs = (request.args for request in self._requests(requests, "loglikelihood"))
+        out = [self.score(self.encode(ctx), self.encode(cont), f"{ctx}\0{cont}") for ctx, cont in pairs]
         self._warn_dropped()
         return out
 

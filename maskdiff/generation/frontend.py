@@ -8,8 +8,8 @@ conditioning from their kind of input and turn the final state into their kind o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm

@@ -9,9 +9,9 @@ pixel with any sub-pixel still masked is drawn in :data:`MASK_COLOR`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -173,7 +173,7 @@ def generate_images(
     if num_samples < 1:
         raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
     options = SamplerOptions(**sampler_options)
-    num_classes = run.config.model.num_classes
+    num_classes = getattr(run.config.model, "num_classes", 0)
     labels = None
     if label is not None:
         if not num_classes:

@@ -6,9 +6,9 @@ Samples files (``maskdiff sample --output``) hold the texts separated by :data:`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 

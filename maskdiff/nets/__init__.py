@@ -7,8 +7,9 @@ here plus one ``ARCHITECTURES.add`` line below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 from torch import nn
 
@@ -16,14 +17,13 @@ from maskdiff.nets.transformer import Transformer, TransformerConfig
 from maskdiff.nets.unet import UNet, UNetConfig
 from maskdiff.nets.uvit import UViT, UViTConfig
 from maskdiff.registry import Registry
-from maskdiff.sections import Section
 
 
 @dataclass(frozen=True)
 class Architecture:
     """What a network contributes: its config section, what it models and how to build it."""
 
-    config: type[Section]
+    config: type[Any]  # a Section dataclass with an ``architecture`` field
     modality: str  # "any" (token sequences of any kind) or "image" (needs the image shape)
     build: Callable[..., nn.Module]  # (section, vocab_size, image_size, channels) -> denoiser
 

@@ -8,13 +8,14 @@ null label with probability ``label_dropout``, so one network learns both.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.nets.transformer import head_problems, timestep_features
+from maskdiff.nets.transformer import head_problems, timestep_features, zero_init
 from maskdiff.sections import Section, at_least_one, option
 
 
@@ -111,18 +112,16 @@ class SubpixelEmbedding(nn.Module):
         return self.embed(z_t).view(B, S, S, -1)
 
 
-def init_weights(module: nn.Module, zero: list[nn.Module | None]) -> None:
+def init_weights(module: nn.Module, zero: Iterable[nn.Module | None]) -> None:
     """Normal(0, 0.02) linear/conv/embedding weights and zero biases; ``zero`` modules start at zero
     (the output layer, so a fresh network predicts the uniform distribution)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-    for m in filter(None, zero):
-        nn.init.zeros_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+            bias = getattr(m, "bias", None)
+            if bias is not None:
+                nn.init.zeros_(bias)
+    zero_init(zero)
 
 
 def count_parameters(module: nn.Module, embedding: nn.Module) -> int:

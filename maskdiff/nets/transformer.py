@@ -10,7 +10,9 @@ The output layer starts at zero, so a fresh model predicts the uniform distribut
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,14 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat((args.cos(), args.sin()), dim=-1)
+
+
+def zero_init(modules: Iterable[nn.Module | None]) -> None:
+    """Set every parameter of these layers (weights and biases) to zero; None entries are skipped."""
+    for module in modules:
+        if module is not None:
+            for parameter in module.parameters(recurse=False):
+                nn.init.zeros_(parameter)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -153,12 +163,14 @@ class Transformer(nn.Module):
                 # residual projections are scaled down with depth (GPT-2)
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("attn.out", "mlp.down")) else 1.0
                 nn.init.normal_(module.weight, std=std * scale)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        zero = [self.head] + [b.modulation for b in self.blocks] + [self.final_modulation]
-        for module in filter(None, zero):
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
+        zero_init([self.head, *self.modulations(), self.final_modulation])
+
+    def modulations(self) -> list[nn.Module | None]:
+        """The adaLN layers of the blocks (None without time conditioning)."""
+        return [cast(Block, block).modulation for block in self.blocks]
 
     def rotary(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (length, device)
@@ -189,7 +201,7 @@ class Transformer(nn.Module):
         6 per weight that touches every token, plus the attention scores (12 n_layers L d); the
         time-conditioning weights run once per sequence, so they count 1/L per token.
         """
-        per_sequence = [self.time_embed, self.final_modulation] + [b.modulation for b in self.blocks]
+        per_sequence = [self.time_embed, self.final_modulation, *self.modulations()]
         n_sequence = sum(p.numel() for m in per_sequence if m is not None for p in m.parameters())
         n_token = self.num_parameters() - n_sequence
         return 6 * (n_token + n_sequence / length) + 12 * self.cfg.n_layers * length * self.cfg.d_model

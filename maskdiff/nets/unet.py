@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,7 @@ class UNet(nn.Module):
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, channels * vocab_size, 1)
         # residual branches start at zero: every block begins as the identity
-        init_weights(self, [self.conv_out, self.attn.out] + [b.conv2 for b in (*self.down, self.mid1, self.mid2, *self.up)])
+        init_weights(self, [self.conv_out, self.attn.out, *(cast(ResBlock, b).conv2 for b in (*self.down, self.mid1, self.mid2, *self.up))])
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z_t [B, H*W*C] ids in 0..V (V = mask), t [B], labels [B] or None -> logits [B, H*W*C, V]."""

@@ -12,6 +12,7 @@ second. A linear head gives 256 logits for every sub-pixel of a patch; it starts
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class UViT(nn.Module):
         self.norm = nn.LayerNorm(width, elementwise_affine=not conditioned)
         self.final_modulation = nn.Linear(width, 2 * width) if conditioned else None
         self.head = nn.Linear(width, p * p * channels * vocab_size)
-        init_weights(self, [self.head, self.final_modulation] + [b.modulation for b in self.blocks])
+        init_weights(self, [self.head, self.final_modulation, *(cast(Block, b).modulation for b in self.blocks)])
         nn.init.normal_(self.position, std=0.02)
         cos, sin = rotary_tables(self.grid * self.grid, width // cfg.n_heads, cfg.rope_base, "cpu")
         self.register_buffer("cos", cos, persistent=False)
@@ -92,7 +93,7 @@ class UViT(nn.Module):
         B, p = z_t.shape[0], self.cfg.patch_size
         x = self.patch_in(patchify(self.embed(z_t), p)) + self.position  # [B, patches, D]
         c = self.condition(t, labels)
-        half, stored = len(self.skips), []
+        half, stored = len(self.skips), list[torch.Tensor]()
         for i, block in enumerate(self.blocks):
             if i >= len(self.blocks) - half:  # second half: U-ViT long skip from the mirrored block
                 x = self.skips[len(self.blocks) - 1 - i](torch.cat([x, stored.pop()], dim=-1))

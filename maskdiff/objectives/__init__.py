@@ -7,7 +7,8 @@ here plus one ``OBJECTIVES.add`` line below.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from maskdiff.objectives.base import Denoiser, DiffusionModel, Objective, mask_tokens, masked_cross_entropy, stratified_times
 from maskdiff.objectives.genmd4 import GenMD4

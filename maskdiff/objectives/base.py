@@ -18,8 +18,9 @@ and an objective (MD4, GenMD4) supplies only what differs: its keep probabilitie
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import nn
 from maskdiff.errors import MaskdiffError
 from maskdiff.sampling import SamplerOptions, Step, iterate
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[..., torch.Tensor]  # (z_t [B, L], t [B], labels=None) -> logits [B, L, V]
 
 
 def uniform_draws(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
@@ -118,11 +119,8 @@ class Objective(nn.Module):
         (prompts, infilling); ``rule_options`` are fields of :class:`maskdiff.sampling.SamplerOptions`
         (temperature, top_k, top_p, grid, block_size, cfg, ...).
         """
-        step = None
-        for step in self.iterate(num_samples, length, steps, method=method, given=given, generator=generator, **rule_options):
-            pass
-        assert step is not None  # iterate always yields the initial state
-        return step.z
+        states = self.iterate(num_samples, length, steps, method=method, given=given, generator=generator, **rule_options)
+        return deque(states, maxlen=1)[0].z  # the last state; iterate always yields at least the initial one
 
     def num_parameters(self) -> int:
         """Parameters of the network without its input embedding (what scaling laws count)."""
@@ -184,10 +182,10 @@ class DiffusionModel(Objective):
         return uncond + (cfg + 1) * (cond - uncond)
 
     def num_parameters(self) -> int:
-        return self.denoiser.num_parameters()  # type: ignore[union-attr]
+        return self.denoiser.num_parameters()  # type: ignore[attr-defined]
 
     def flops_per_token(self, length: int) -> float:
-        return self.denoiser.flops_per_token(length)  # type: ignore[union-attr]
+        return self.denoiser.flops_per_token(length)  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- the bound
     def keep_probability(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -230,7 +228,7 @@ class DiffusionModel(Objective):
         return self.nelbo(x0, generator=generator, labels=labels)
 
     # ----------------------------------------------------------------- generation
-    def iterate(  # type: ignore[override]
+    def iterate(
         self,
         num_samples: int,
         length: int,

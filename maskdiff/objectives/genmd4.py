@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times
 from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
 
