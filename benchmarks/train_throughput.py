@@ -1,28 +1,30 @@
-"""Training-throughput benchmark for maskdiff (DESIGN.md section 4, "Performance targets").
+"""Training-throughput benchmark for maskdiff, against the project's performance targets.
 
 What it measures
   1. The machine's peak matmul throughput (GFLOP/s) in fp32 and bf16 on the current thread
      count: square matmuls after a few warm-up calls, fastest call of the best size. On a CPU
      without native bf16 (no AVX512-BF16/AMX) bf16 is emulated at ~1 GFLOP/s, so only a small
      (256x256) bf16 matmul is timed there.
-  2. The real maskdiff training step for a few model sizes, as maskdiff/training.py runs it:
-     ``build_model`` from a preset (plus overrides), ``make_optimizer`` (AdamW), the LambdaLR
-     warm-up/cosine schedule, the ``EMA`` of maskdiff/ema.py, the loss
-     ``model.train_loss(x0, generator).mean() / seq_len`` under ``maskdiff.hardware.autocast``
-     with the precision from ``resolve_precision``, backward, gradient clipping, optimizer step
-     and EMA update (grad_accum = 1). Batches are random token ids (vocabulary 84, the size of
-     the built-in character corpus) made up front, so data loading is not timed. After a few
+  2. The real maskdiff training step for a few model sizes: the trainer's own
+     ``maskdiff.training.TrainState.create`` (model from a preset plus overrides, AdamW, the
+     warm-up/cosine LR schedule, EMA, noise generator) and ``maskdiff.training.train_step``
+     (the loss ``model(x0, generator).mean() / seq_len`` under ``maskdiff.hardware.autocast``
+     with the precision from ``resolve_precision``, backward, gradient clipping and the finite
+     check, optimizer step, EMA update, LR schedule; grad_accum = 1). Batches are random crops
+     of random token ids (vocabulary 84, the size of the built-in character corpus) drawn up
+     front from the state's batch stream, so data loading is not timed. After a few
      warm-up steps it times at least ``--steps`` steps and ``--min-time`` seconds and reports
      tokens/s, the median step time, model FLOPs per token (``Transformer.flops_per_token``),
      achieved GFLOP/s and MFU = achieved / measured matmul peak of the precision in use.
-     On a CPU each step is also split into phases (forward+loss, backward, clip, optimizer,
-     EMA) with wall-clock timers.
+     On a CPU each step is also split into phases (forward+loss, backward, clip_grad (gradient
+     norm, clipping and the finite check), optimizer (step, LR schedule, zero_grad), EMA) with
+     wall-clock timers that ``train_step`` enters through its ``mark`` argument.
   3. With ``--profile``: a torch.profiler trace of a few more steps per size, printing the time
      and number of dispatched ops per phase, host syncs per step and the top ops by self CPU
      time, so per-step Python/dispatch overhead shows up.
 
 Sizes: ``tiny`` (the tiny preset: 4 layers, width 128, 128 tokens), ``5M`` (6 layers, width 256,
-4 heads) and ``25M`` (8 layers, width 512, 8 heads), the two sizes of DESIGN.md section 4, with
+4 heads) and ``25M`` (8 layers, width 512, 8 heads), the two sizes of the performance targets, with
 256 tokens. The names count parameters without adaLN: time conditioning adds 6 d^2 per block.
 
 Shared machines: OpenMP threads slow down by far more than 2x when another process wants the
@@ -47,15 +49,16 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from maskdiff.hardware import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision
-from maskdiff.models import build_model
+from maskdiff.data import Splits
+from maskdiff.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
 from maskdiff.presets import get_preset
-from maskdiff.training.ema import EMA
-from maskdiff.training import lr_factor, make_optimizer
+from maskdiff.training import StepOutcome, TrainState, train_step
+from maskdiff.training.step import Mark, no_marks
 
 # name -> (preset, overrides). The preset fixes seq_len (tiny: 128, small: 256) unless --seq-len is given.
 SIZES: dict[str, tuple[str, list[str]]] = {
@@ -64,8 +67,8 @@ SIZES: dict[str, tuple[str, list[str]]] = {
     "25M": ("small", ["model.n_layers=8", "model.d_model=512", "model.n_heads=8"]),
 }
 
-# DESIGN.md section 4: a plain PyTorch transformer, 2 threads, batch 32, 256 tokens, AdamW (tokens/s).
-DESIGN_REFERENCE = {("5M", "bf16"): 11_000, ("25M", "bf16"): 2_900, ("5M", "fp32"): 4_500, ("25M", "fp32"): 900}
+# Performance targets: a plain PyTorch transformer, 2 threads, batch 32, 256 tokens, AdamW (tokens/s).
+TARGET_TOKENS_PER_S = {("5M", "bf16"): 11_000, ("25M", "bf16"): 2_900, ("5M", "fp32"): 4_500, ("25M", "fp32"): 900}
 
 PHASES = ("forward+loss", "backward", "clip_grad", "optimizer", "ema")
 
@@ -160,49 +163,17 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
-def no_marks(name: str):
-    return contextlib.nullcontext()
-
-
-class TrainStep:
-    """One optimizer step of maskdiff/training.py (grad_accum = 1).
+def make_step(state: TrainState, cfg, precision: torch.dtype | None) -> Callable[[torch.Tensor, Mark], StepOutcome]:
+    """One training step of ``state`` on a batch, as the trainer runs it (grad_accum = 1).
 
     ``mark(name)`` wraps each phase: a wall-clock timer for the phase breakdown, or
     ``torch.profiler.record_function`` when profiling.
     """
 
-    def __init__(self, cfg, vocab_size: int, device: torch.device, precision: torch.dtype | None):
-        tc = cfg.train
-        self.device, self.precision, self.seq_len = device, precision, cfg.data.seq_len
-        self.model = build_model(cfg, vocab_size, seed=tc.seed).to(device)
-        self.optimizer = make_optimizer(self.model, tc)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        )
-        self.ema = (
-            EMA(self.model, tc.ema_decay) if tc.ema_decay else None
-        )
-        self.grad_clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
-        self.noise = torch.Generator(device=device).manual_seed(tc.seed + 2)
-        self.loss_sum = torch.zeros((), device=device)
-        self.model.train()
+    def step(x0: torch.Tensor, mark: Mark = no_marks) -> StepOutcome:
+        return train_step(state, [x0], grad_clip=cfg.train.grad_clip, precision=precision, mark=mark)
 
-    def __call__(self, x0: torch.Tensor, mark=no_marks) -> None:
-        with mark("forward+loss"), autocast(self.device, self.precision):
-            # the trainer calls model(x0, generator=...), i.e. forward(), which is train_loss
-            loss = self.model.train_loss(x0, generator=self.noise).mean() / self.seq_len  # nats per token
-        with mark("backward"):
-            loss.backward()
-            self.loss_sum += loss.detach()
-        with mark("clip_grad"):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        with mark("optimizer"):
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            with mark("ema"):
-                self.ema.update(self.model)
+    return step
 
 
 class PhaseTimer:
@@ -263,26 +234,29 @@ def build_config(size: str, time_conditioning: bool, seq_len: int | None, batch:
     return get_preset(preset).with_overrides(overrides + extra)
 
 
-def random_batches(count: int, batch: int, seq_len: int, vocab: int, device: torch.device) -> list[torch.Tensor]:
+def random_splits(count: int, batch: int, seq_len: int, vocab: int) -> Splits:
+    """A data set of random token ids, long enough for ``count`` batches of distinct crops."""
     generator = torch.Generator().manual_seed(1234)
-    return [torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device) for _ in range(count)]
+    tokens = torch.randint(0, vocab, (count * batch * seq_len,), generator=generator)
+    return Splits(train=tokens, valid=tokens[:seq_len], test=tokens[:seq_len])
 
 
-def benchmark_training(args, size: str, time_conditioning: bool, device, precision) -> tuple[Result, TrainStep, list]:
+def benchmark_training(args, size: str, time_conditioning: bool, device, precision) -> tuple[Result, Callable, list]:
     cfg = build_config(size, time_conditioning, args.seq_len, args.batch, args.set)
-    step = TrainStep(cfg, args.vocab, device, precision)
+    state = TrainState.create(cfg, args.vocab, random_splits(4, args.batch, cfg.data.seq_len, args.vocab), device)
+    step = make_step(state, cfg, precision)
     m = cfg.model
     result = Result(
         size=size,
-        params=step.model.num_parameters(),
+        params=state.model.num_parameters(),
         shape=f"{m.n_layers}x{m.d_model}/{m.n_heads}h",
         time_conditioning=time_conditioning,
         precision=precision_name(precision),
         batch=args.batch,
         seq_len=cfg.data.seq_len,
-        flops_per_token=step.model.flops_per_token(cfg.data.seq_len),
+        flops_per_token=state.model.flops_per_token(cfg.data.seq_len),
     )
-    batches = random_batches(4, args.batch, cfg.data.seq_len, args.vocab, device)
+    batches = [next(state.batches).to(device) for _ in range(4)]
     sync = synchronizer(device)
     for i in range(args.warmup):
         step(batches[i % len(batches)])
@@ -307,7 +281,7 @@ def benchmark_training(args, size: str, time_conditioning: bool, device, precisi
 
 
 # ---------------------------------------------------------------------------- profiling
-def profile_steps(step: TrainStep, batches: list, steps: int, rows: int, device: torch.device, max_wait: float) -> None:
+def profile_steps(step: Callable, batches: list, steps: int, rows: int, device: torch.device, max_wait: float) -> None:
     """Profile ``steps`` training steps; print time and ops per phase, syncs per step and the top ops by self time."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -353,10 +327,10 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def reference(result: Result, threads: int) -> str:
-    """DESIGN.md's tokens/s for this size and precision, and ours as a fraction of it."""
+    """The target tokens/s for this size and precision, and ours as a fraction of it."""
     if threads != 2 or result.batch != 32 or result.seq_len != 256:
         return "-"
-    ref = DESIGN_REFERENCE.get((result.size, result.precision))
+    ref = TARGET_TOKENS_PER_S.get((result.size, result.precision))
     return f"{ref:,} ({result.tokens_per_s / ref:.0%})" if ref else "-"
 
 
@@ -407,7 +381,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence [default: the preset's, 128 for tiny, 256 otherwise]")
     parser.add_argument("--vocab", type=int, default=84, help="vocabulary size V (the built-in corpus has 84 characters)")
     parser.add_argument("--time-conditioning", choices=("on", "off", "both"), default="on",
-                        help="adaLN time conditioning (DESIGN.md section 4 sets its targets with it on)")
+                        help="adaLN time conditioning (the performance targets are set with it on)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="as train.device")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads [default: leave as is]")
@@ -448,7 +422,7 @@ def main() -> None:
     if args.precision == "auto" and precision is None and not fast_bf16:
         bf16_note = f" ({peaks['bf16'][0]:.1f} GFLOP/s in bf16 vs {peaks['fp32'][0]:.0f} in fp32)" if peaks else ""
         print(f"\nNote: this CPU has no native bf16{bf16_note}, so precision 'auto' resolves to fp32 and bf16 "
-              "training is not benchmarked;\nDESIGN.md's bf16 targets need AVX512-BF16 or AMX. --precision bf16 forces it.")
+              "training is not benchmarked;\nthe bf16 targets need AVX512-BF16 or AMX. --precision bf16 forces it.")
     elif precision == torch.bfloat16 and not fast_bf16:
         print("\nWarning: bf16 forced on a CPU without native bf16: expect training far slower than in fp32.")
 

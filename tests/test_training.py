@@ -11,11 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import lose_checkpoints_after
-from maskdiff.checkpoint import CHECKPOINTS, list_checkpoints, load_run
+from maskdiff import distributed
+from maskdiff.checkpoint import CHECKPOINTS, list_checkpoints, load_run, load_state
+from maskdiff.data import prepare_data
 from maskdiff.errors import MaskdiffError
 from maskdiff.metrics import read_metrics
 from maskdiff.presets import get_preset
-from maskdiff.training import lr_factor, train
+from maskdiff.training import TrainState, lr_factor, train, train_step
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_loss.json"
 
@@ -134,3 +136,74 @@ def test_torchrun_two_processes_train_and_resume_exactly(corpus_file, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = torch.load(straight / CHECKPOINTS / "step-000004" / "state.pt", weights_only=True)
     assert len(state["data"]) == 2 and not torch.equal(state["data"][0]["generator"], state["data"][1]["generator"])
+
+
+def assert_same(a, b, where="state"):
+    """Nested dicts, lists and tensors (as state_dict()s hold them) are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_train_state_saves_and_restores_every_part(corpus_file, tmp_path):
+    cfg = quick(corpus_file, "train.steps=10", "train.ema_decay=0.9", "model.n_layers=1", "model.d_model=32", "model.dropout=0.1")
+    tokenizer, splits = prepare_data(cfg.data)
+    ctx, device = distributed.Context(), torch.device("cpu")
+    state = TrainState.create(cfg, tokenizer.vocab_size, splits, device)
+    for _ in range(3):
+        outcome = train_step(state, [next(state.batches), next(state.batches)], grad_clip=cfg.train.grad_clip)
+        assert outcome.applied
+    checkpoint = state.save(tmp_path / "run", ctx, keep=2)
+    assert checkpoint == tmp_path / "run" / CHECKPOINTS / "step-000003"
+    assert set(load_state(checkpoint)) == {
+        "step", "optimizer", "scheduler", "data", "noise_generator", "torch_rng", "ema_updates", "skipped_steps"
+    }
+    rng = torch.get_rng_state()
+
+    torch.rand(100)  # the global RNG moves on; restore() must bring it back
+    fresh = TrainState.create(cfg, tokenizer.vocab_size, splits, device)
+    fresh.restore(checkpoint, ctx)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert (fresh.step, fresh.skipped_steps, fresh.ema.updates) == (state.step, state.skipped_steps, state.ema.updates) == (3, 0, 3)
+    assert_same(fresh.model.state_dict(), state.model.state_dict(), "model")
+    assert_same(fresh.ema.module.state_dict(), state.ema.module.state_dict(), "ema")
+    assert_same(fresh.optimizer.state_dict(), state.optimizer.state_dict(), "optimizer")
+    assert_same(fresh.scheduler.state_dict(), state.scheduler.state_dict(), "scheduler")
+    assert_same(fresh.batches.state_dict(), state.batches.state_dict(), "data")
+    assert torch.equal(fresh.noise.get_state(), state.noise.get_state())
+
+    # one more step from each (from the same global RNG: dropout draws from it) ends in the same place
+    batch, fresh_batch = next(state.batches), next(fresh.batches)
+    assert torch.equal(batch, fresh_batch)
+    a = train_step(state, [batch], grad_clip=cfg.train.grad_clip)
+    torch.set_rng_state(rng)
+    b = train_step(fresh, [fresh_batch], grad_clip=cfg.train.grad_clip)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.grad_norm, b.grad_norm)
+    assert_same(fresh.model.state_dict(), state.model.state_dict(), "model after a step")
+    assert_same(fresh.ema.module.state_dict(), state.ema.module.state_dict(), "ema after a step")
+    assert_same(fresh.optimizer.state_dict(), state.optimizer.state_dict(), "optimizer after a step")
+    assert fresh.scheduler.get_last_lr() == state.scheduler.get_last_lr() and fresh.step == state.step == 4
+
+
+def test_a_checkpoint_without_skipped_steps_still_resumes(corpus_file, tmp_path):
+    """state.pt of runs saved before the skipped-step count existed restores with a count of 0."""
+    cfg = quick(corpus_file, "train.steps=4", "train.checkpoint_every=2", "model.n_layers=1", "model.d_model=32")
+    train(cfg, tmp_path / "run", progress=False)
+    checkpoint = tmp_path / "run" / CHECKPOINTS / "step-000004"
+    saved = load_state(checkpoint)
+    del saved["skipped_steps"]
+    torch.save(saved, checkpoint / "state.pt")
+    tokenizer, splits = prepare_data(cfg.data)
+    state = TrainState.create(cfg, tokenizer.vocab_size, splits, torch.device("cpu"))
+    state.skipped_steps = 7
+    state.restore(checkpoint, distributed.Context())
+    assert (state.step, state.skipped_steps) == (4, 0)

@@ -1,10 +1,11 @@
-"""The training loop: AdamW with warm-up and cosine decay, EMA, periodic evaluation, checkpoints.
+"""The training loop: set up or resume a run, then train step, log, evaluate, checkpoint, until done.
 
-The trainer knows the objective only through ``objective(x0, generator) -> [B]`` (its
-``train_loss``, nats per sequence) and ``objective.nelbo`` for evaluation, so any objective with those two
-methods trains the same way. Every random choice (initialisation, data crops, masking noise)
-comes from seeded generators whose states are checkpointed: ``resume=True`` continues
-bit-exactly where the last checkpoint left off.
+The trainer knows the objective only through its interface (:class:`maskdiff.objectives.Objective`):
+``forward`` (its ``train_loss``, nats per sequence) in :func:`train_step`, ``nelbo`` for evaluation,
+``num_parameters`` for the banner and ``write_artifacts`` at the end. Every random choice
+(initialisation, data crops, masking noise) comes from seeded generators in the
+:class:`TrainState`, which is what a checkpoint holds: ``resume=True`` continues bit-exactly where
+the last checkpoint left off.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +22,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from maskdiff import distributed
-from maskdiff.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
+from maskdiff.checkpoint import latest_checkpoint
 from maskdiff.config import RunConfig
-from maskdiff.data import chunks, prepare_data, training_batches
-from maskdiff.training.ema import EMA
+from maskdiff.data import chunks, prepare_data
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
-from maskdiff.hardware import autocast, resolve_device, resolve_precision
-from maskdiff.training.interrupt import StopRequest
+from maskdiff.hardware import resolve_device, resolve_precision
 from maskdiff.metrics import MetricsLog
 from maskdiff.plots import plot_loss
-from maskdiff.models import build_model
-from maskdiff.tokenizer import load_tokenizer
+from maskdiff.tokenizer import Tokenizer, load_tokenizer
+from maskdiff.training.interrupt import StopRequest
+from maskdiff.training.state import TrainState
+from maskdiff.training.step import StepOutcome, train_step
 
 
 @dataclass
@@ -49,24 +51,7 @@ class TrainResult:
     stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak LR at optimizer step ``step``: linear warm-up, then cosine to min_ratio."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or scalars)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel runs the whole update in a few ops, on CPU as on GPU
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
-
-
+# ---------------------------------------------------------------------------- set-up
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Resuming needs a checkpoint in ``run_dir``; a new run must not overwrite one."""
     if resume:
@@ -76,6 +61,14 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise MaskdiffError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
 
 
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest intact checkpoint of ``run_dir`` (damaged ones are skipped with a warning)."""
+    checkpoint = latest_checkpoint(run_dir, verify=True)
+    if checkpoint is None:
+        raise MaskdiffError(f"cannot resume: every checkpoint in {str(run_dir)!r} is damaged")
+    return checkpoint
+
+
 def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,197 +76,167 @@ def create_run_dir(run_dir: Path) -> None:
         raise MaskdiffError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}") from None
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
-
-    Under ``torchrun`` every process trains on its own random crops with DistributedDataParallel;
-    rank 0 writes the run folder.
-    """
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    ctx, device = distributed.setup(resolve_device(tc.device))
-    try:
-        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device)
-    finally:
-        distributed.teardown(ctx)
-
-
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device) -> TrainResult:
-    tc = cfg.train
-    precision = resolve_precision(tc.precision, device)
-    check_run_dir(run_dir, resume)
-    # read and check the data before anything is written
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
-    tokenizer, splits = prepare_data(cfg.data, tokenizer)
-    model = build_model(cfg, tokenizer.vocab_size, seed=tc.seed).to(device)
-    if progress:
-        tqdm.write(
-            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
-            f"vocabulary {tokenizer.vocab_size} | {model.num_parameters():,} parameters | "
-            f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
-            + (f" | {ctx.world_size} processes" if ctx.active else "")
-        )
-
-    optimizer = make_optimizer(model, tc)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    )
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay else None
-    # each process draws its own crops and masks; the streams are part of the checkpoint
-    crops = training_batches(splits, cfg, tc.batch_size, seed=tc.seed + 1 + 1000 * ctx.rank)
-    noise = torch.Generator(device=device).manual_seed(tc.seed + 2 + 1000 * ctx.rank)
-    valid = chunks(splits.valid, cfg.data.seq_len)
-
-    step = 0
-    if resume:
-        checkpoint = latest_checkpoint(run_dir, verify=True)
-        if checkpoint is None:
-            raise MaskdiffError(f"cannot resume: every checkpoint in {str(run_dir)!r} is damaged")
-        state = load_state(checkpoint)
-        saved_world = len(state["data"])
-        if saved_world != ctx.world_size:
-            raise MaskdiffError(f"the run was trained with {saved_world} process(es); resume it with the same number, not {ctx.world_size}")
-        load_weights(model, checkpoint / "model.safetensors")
-        if ema is not None:
-            load_weights(ema.module, checkpoint / "ema.safetensors")
-            ema.updates = state["ema_updates"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        crops.load_state_dict(state["data"][ctx.rank])
-        noise.set_state(state["noise_generator"][ctx.rank])
-        torch.set_rng_state(state["torch_rng"][ctx.rank])
-        step = state["step"]
-        if step >= tc.steps:
-            raise MaskdiffError(f"the run already finished {step} of train.steps={tc.steps}; raise train.steps to go on")
-    # everything is checked: only now is anything written (a failed start changes nothing)
+def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, resume: bool, ctx: distributed.Context) -> None:
+    """Create the run folder with its config (and tokenizer, for a new run); rank 0 writes."""
     distributed.barrier(ctx)
     if ctx.is_main:
         create_run_dir(run_dir)
         if not resume:
             tokenizer.save(run_dir / "tokenizer.json")
         cfg.save(run_dir / "config.json")
-    trained = DistributedDataParallel(model) if ctx.active else model
+
+
+# ---------------------------------------------------------------------------- logging
+class Window:
+    """The steps since the last logged row: their good-step losses and their throughput.
+
+    Throughput counts training only: time inside :meth:`set_aside` (logging, evaluation,
+    checkpoints) is not. The loss stays on the device until :meth:`close` reads it.
+    """
+
+    def __init__(self, tokens_per_step: int, device: torch.device):
+        self.tokens_per_step = tokens_per_step
+        self.loss_sum = torch.zeros((), device=device)
+        self.tokens_per_s = 0.0  # of the last closed window
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.steps, self.good, self.aside = time.perf_counter(), 0, 0, 0.0
+
+    def add(self, outcome: StepOutcome) -> None:
+        """Count one step; its loss counts only when its update was applied."""
+        self.steps += 1
+        if outcome.applied:
+            self.loss_sum += outcome.loss
+            self.good += 1
+
+    @contextlib.contextmanager
+    def set_aside(self) -> Iterator[None]:
+        """Time spent inside is left out of the throughput."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.aside += time.perf_counter() - start
+
+    def close(self, ctx: distributed.Context) -> float:
+        """The mean training loss (nats per token, over processes and good steps); starts a new window."""
+        self.tokens_per_s = self.steps * self.tokens_per_step / (time.perf_counter() - self.start - self.aside)
+        loss = distributed.mean(self.loss_sum, ctx).item() / max(1, self.good)
+        self.loss_sum.zero_()
+        self._reset()
+        return loss
+
+
+# ---------------------------------------------------------------------------- the run
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
+
+    Under ``torchrun`` every process trains on its own random crops with DistributedDataParallel;
+    rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a checkpoint of the
+    current step (``TrainResult.stopped_by``).
+    """
+    run_dir = Path(run_dir)
+    ctx, device = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device: torch.device) -> TrainResult:
+    tc = cfg.train
+    precision = resolve_precision(tc.precision, device)
+
+    # set up: check the run folder and the data, build the state and restore it; a failed
+    # start writes nothing
+    check_run_dir(run_dir, resume)
+    tokenizer, splits = prepare_data(cfg.data, load_tokenizer(run_dir / "tokenizer.json") if resume else None)
+    state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx.rank)
+    if progress:
+        tqdm.write(
+            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
+            f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
+            f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
+            + (f" | {ctx.world_size} processes" if ctx.active else "")
+        )
+    checkpoint = None
+    if resume:
+        checkpoint = resume_checkpoint(run_dir)
+        state.restore(checkpoint, ctx)
+        if state.step >= tc.steps:
+            raise MaskdiffError(f"the run already finished {state.step} of train.steps={tc.steps}; raise train.steps to go on")
+    write_run_files(run_dir, cfg, tokenizer, resume, ctx)
+
+    trained = DistributedDataParallel(state.model) if ctx.active else state.model
+    valid = chunks(splits.valid, cfg.data.seq_len)
 
     def evaluate(sequences: torch.Tensor, show: bool = False) -> EvalResult:
-        target = ema.module if ema is not None else model
-        return evaluate_nelbo(target, sequences, tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show)
+        return evaluate_nelbo(state.eval_model, sequences, tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show)
 
-    def checkpoint_state() -> dict:
-        """What resumes the run exactly; collective: every process calls it at the same step."""
-        return {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data": distributed.gather(crops.state_dict(), ctx),
-            "noise_generator": distributed.gather(noise.get_state(), ctx),
-            "torch_rng": distributed.gather(torch.get_rng_state(), ctx),
-            "ema_updates": ema.updates if ema is not None else 0,
-        }
-
-    log = MetricsLog(run_dir, resume_step=step) if ctx.is_main else None
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len * ctx.world_size
-    seq_len = cfg.data.seq_len
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    # throughput counts training only: time spent in evaluation and checkpointing is set aside
-    window_start, window_steps, window_good, window_tokens_per_s, set_aside = time.perf_counter(), 0, 0, 0.0, 0.0
-    last_bits = float("nan")
-    bad_in_a_row, skipped = 0, state.get("skipped_steps", 0) if resume else 0
-    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    checkpoint = latest_checkpoint(run_dir)
+    log = MetricsLog(run_dir, resume_step=state.step) if ctx.is_main else None
+    window = Window(tc.batch_size * tc.grad_accum * cfg.data.seq_len * ctx.world_size, device)
+    last_bits, bad_in_a_row = float("nan"), 0
     stop = StopRequest()
-    with stop:
-        try:
-            while step < tc.steps:
-                step_loss = torch.zeros((), device=device)
-                for micro in range(tc.grad_accum):
-                    batch = next(crops)
-                    # class-conditional image batches come with labels, which go to the denoiser
-                    x0, labels = batch if isinstance(batch, tuple) else (batch, None)
-                    x0 = x0.to(device, non_blocking=True)
-                    extra = {} if labels is None else {"labels": labels.to(device, non_blocking=True)}
-                    # DDP averages gradients once per optimizer step, on the last micro-batch
-                    sync = micro == tc.grad_accum - 1 or not ctx.active
-                    with contextlib.nullcontext() if sync else trained.no_sync():
-                        with autocast(device, precision):
-                            loss = trained(x0, generator=noise, **extra).mean() / seq_len  # train_loss in nats per token
-                        (loss / tc.grad_accum).backward()
-                    step_loss += loss.detach() / tc.grad_accum
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-                # a non-finite loss or gradient skips the update (same decision on every process:
-                # the gradients were averaged); too many in a row stop the run
-                if torch.isfinite(grad_norm) and torch.isfinite(distributed.mean(step_loss, ctx)):
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(model)
-                    loss_sum += step_loss
-                    window_good += 1
-                    bad_in_a_row = 0
-                else:
-                    bad_in_a_row += 1
-                    skipped += 1
-                    if bad_in_a_row >= tc.max_bad_steps:
-                        raise MaskdiffError(
-                            f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (up to step {step + 1}); "
-                            f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
-                        )
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                window_steps += 1
+    try:
+        # the loop: one optimizer step, then log, evaluate, checkpoint and stop when due
+        with stop, tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            while state.step < tc.steps:
+                micro_batches = [next(state.batches) for _ in range(tc.grad_accum)]
+                outcome = train_step(state, micro_batches, grad_clip=tc.grad_clip, precision=precision, ctx=ctx, model=trained)
+                window.add(outcome)
+                # a non-finite loss or gradient skipped the update; too many in a row stop the run
+                bad_in_a_row = 0 if outcome.applied else bad_in_a_row + 1
+                if bad_in_a_row >= tc.max_bad_steps:
+                    raise MaskdiffError(
+                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (up to step {state.step}); "
+                        f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
+                    )
+                step = state.step
                 bar.update()
 
                 if step % tc.log_every == 0 or step == tc.steps:
-                    elapsed = time.perf_counter() - window_start - set_aside
-                    window_tokens_per_s = window_steps * tokens_per_step / elapsed
-                    train_loss = distributed.mean(loss_sum, ctx).item() / max(1, window_good)
+                    train_loss = window.close(ctx)
                     last_bits = train_loss / math.log(2)
-                    if log is not None:
-                        log.log(
-                            step,
-                            tokens=step * tokens_per_step,
-                            lr=scheduler.get_last_lr()[0],
-                            train_loss=train_loss,
-                            train_bits=last_bits,
-                            grad_norm=float(grad_norm),
-                            tokens_per_s=window_tokens_per_s,
-                            skipped_steps=skipped,
-                        )
-                    bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window_tokens_per_s:,.0f}"})
-                    loss_sum.zero_()
-                    window_start, window_steps, window_good, set_aside = time.perf_counter(), 0, 0, 0.0
+                    with window.set_aside():
+                        if log is not None:
+                            log.log(
+                                step,
+                                tokens=step * window.tokens_per_step,
+                                lr=state.scheduler.get_last_lr()[0],
+                                train_loss=train_loss,
+                                train_bits=last_bits,
+                                grad_norm=float(outcome.grad_norm),
+                                tokens_per_s=window.tokens_per_s,
+                                skipped_steps=state.skipped_steps,
+                            )
+                        bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window.tokens_per_s:,.0f}"})
 
-                pause = time.perf_counter()
-                stopping = not distributed.all_agree(stop.requested is None, ctx)
-                if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and not stopping:
-                    result = evaluate(valid[: tc.eval_sequences])
-                    if log is not None:
-                        log.log(step, valid_bits=result.bits_per_token)
-                    if progress:
-                        bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
-
-                if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
-                    state = checkpoint_state()
-                    state["skipped_steps"] = skipped
-                    if ctx.is_main:
-                        ema_weights = ema.module if ema is not None else None
-                        checkpoint = save_checkpoint(run_dir, step, model, ema_weights, state, tc.keep_checkpoints)
-                    distributed.barrier(ctx)
-                set_aside += time.perf_counter() - pause
+                with window.set_aside():
+                    stopping = not distributed.all_agree(stop.requested is None, ctx)
+                    if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and not stopping:
+                        result = evaluate(valid[: tc.eval_sequences])
+                        if log is not None:
+                            log.log(step, valid_bits=result.bits_per_token)
+                        if progress:
+                            bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
+                    if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
+                        checkpoint = state.save(run_dir, ctx, tc.keep_checkpoints)
                 if stopping:
                     break
-        finally:
-            bar.close()
-            if log is not None and step < tc.steps:
-                log.close()
 
-    checkpoint = latest_checkpoint(run_dir) or checkpoint
-    if step < tc.steps:  # stopped by a signal, with a checkpoint of this very step
-        return TrainResult(run_dir, checkpoint, step, last_bits, None, window_tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
-    final = evaluate(valid, show=progress)
-    if log is not None:
-        log.log(step, valid_bits=final.bits_per_token)
-        log.close()
+        checkpoint = latest_checkpoint(run_dir) or checkpoint
+        if state.step < tc.steps:  # stopped by a signal, with a checkpoint of this very step
+            return TrainResult(run_dir, checkpoint, state.step, last_bits, None, window.tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
+
+        # the end: evaluate on the whole validation split, plot, and let the objective describe itself
+        final = evaluate(valid, show=progress)
+        if log is not None:
+            log.log(state.step, valid_bits=final.bits_per_token)
+    finally:
+        if log is not None:
+            log.close()
+    if ctx.is_main:
         plot_loss(run_dir / "metrics.csv", run_dir / "loss.png", unit=tokenizer.unit)
-        (ema.module if ema is not None else model).write_artifacts(run_dir, tokenizer.labels())
-    return TrainResult(run_dir, checkpoint, step, last_bits, final, window_tokens_per_s, ctx.is_main, tokenizer.unit)
+        state.eval_model.write_artifacts(run_dir, tokenizer.labels())
+    return TrainResult(run_dir, checkpoint, state.step, last_bits, final, window.tokens_per_s, ctx.is_main, tokenizer.unit)

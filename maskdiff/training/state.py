@@ -1,0 +1,143 @@
+"""The training state: everything a run saves in a checkpoint and restores to continue bit-exactly.
+
+A :class:`TrainState` holds the model, its EMA, the optimizer, the LR schedule, the step count,
+the number of skipped (non-finite) steps, the batch stream (the data position), the masking-noise
+generator and, implicitly, the process's global torch RNG (dropout and label dropout draw from
+it). It is the one thing the trainer saves and restores::
+
+    RUN/checkpoints/step-N/model.safetensors   state.model's weights
+                           ema.safetensors     state.ema's weights (when there is an EMA)
+                           state.pt            the rest: "step", "optimizer", "scheduler",
+                                               "data", "noise_generator", "torch_rng",
+                                               "ema_updates", "skipped_steps"
+
+Under ``torchrun`` every process has its own batch stream, noise generator and torch RNG;
+state.pt holds one of each per process, in rank order, so a resume needs the same number of
+processes. Checkpoints saved before "skipped_steps" existed resume with a count of 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from maskdiff import distributed
+from maskdiff.checkpoint import CHECKPOINTS, checkpoint_name, load_state, load_weights, save_checkpoint
+from maskdiff.config import RunConfig
+from maskdiff.data import Splits, training_batches
+from maskdiff.errors import MaskdiffError
+from maskdiff.models import build_model
+from maskdiff.objectives import Objective
+from maskdiff.training.ema import EMA
+from maskdiff.training.step import make_optimizer, make_scheduler
+
+
+class BatchStream(Protocol):
+    """An endless, resumable iterator of training batches (``x0`` or ``(x0, labels)``)."""
+
+    def __next__(self) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Model, EMA, optimizer, LR schedule, step, skipped steps, data position and noise of a run.
+
+    Build a fresh one with :meth:`create`; :meth:`save` writes it as a checkpoint and
+    :meth:`restore` loads a checkpoint into it. :func:`maskdiff.training.train_step` advances it
+    by one optimizer step.
+    """
+
+    model: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: BatchStream
+    noise: torch.Generator  # the masking noise (times and masks) of the training loss
+    device: torch.device
+    ema: EMA | None = None
+    step: int = 0  # optimizer steps taken, skipped ones included
+    skipped_steps: int = 0  # steps whose loss or gradient was not finite (no update)
+
+    @classmethod
+    def create(cls, cfg: RunConfig, vocab_size: int, splits: Splits, device: torch.device, rank: int = 0) -> TrainState:
+        """A fresh state for ``cfg``: every part built from ``cfg.train.seed`` (plus the process ``rank``).
+
+        The model is initialised from the seed itself; the batch stream and the noise generator
+        are seeded ``seed + 1 + 1000 * rank`` and ``seed + 2 + 1000 * rank``, so each process of
+        a ``torchrun`` job draws its own crops and masks.
+        """
+        tc = cfg.train
+        model = build_model(cfg, vocab_size, seed=tc.seed).to(device)
+        optimizer = make_optimizer(model, tc)
+        scheduler = make_scheduler(optimizer, tc)
+        ema = EMA(model, tc.ema_decay) if tc.ema_decay else None
+        batches = training_batches(splits, cfg, tc.batch_size, seed=tc.seed + 1 + 1000 * rank)
+        noise = torch.Generator(device=device).manual_seed(tc.seed + 2 + 1000 * rank)
+        model.train()
+        return cls(model, optimizer, scheduler, batches, noise, device, ema)
+
+    @property
+    def eval_model(self) -> Objective:
+        """The weights evaluation and sampling use: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model  # type: ignore[return-value]
+
+    def checkpoint_state(self, ctx: distributed.Context) -> dict:
+        """What state.pt holds (everything but the weights).
+
+        Collective under ``torchrun``: every process calls it at the same step, and each gets the
+        per-process parts (data position, noise, torch RNG) of all of them, in rank order.
+        """
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": distributed.gather(self.batches.state_dict(), ctx),
+            "noise_generator": distributed.gather(self.noise.get_state(), ctx),
+            "torch_rng": distributed.gather(torch.get_rng_state(), ctx),
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def save(self, run_dir: str | Path, ctx: distributed.Context, keep: int) -> Path:
+        """Write checkpoint ``step`` of ``run_dir`` atomically and keep only the newest ``keep``.
+
+        Collective under ``torchrun``: every process calls it at the same step; rank 0 writes and
+        the others wait until it has. Returns the checkpoint folder (on every process).
+        """
+        state = self.checkpoint_state(ctx)
+        checkpoint = Path(run_dir) / CHECKPOINTS / checkpoint_name(self.step)
+        if ctx.is_main:
+            ema = self.ema.module if self.ema is not None else None
+            checkpoint = save_checkpoint(Path(run_dir), self.step, self.model, ema, state, keep)
+        distributed.barrier(ctx)
+        return checkpoint
+
+    def restore(self, checkpoint: str | Path, ctx: distributed.Context) -> None:
+        """Load every part of the state from ``checkpoint`` (a folder written by :meth:`save`).
+
+        The run must resume with as many processes as it was trained with; this process takes
+        the data position, noise and torch RNG of its own rank.
+        """
+        checkpoint = Path(checkpoint)
+        state = load_state(checkpoint)
+        saved_world = len(state["data"])
+        if saved_world != ctx.world_size:
+            raise MaskdiffError(f"the run was trained with {saved_world} process(es); resume it with the same number, not {ctx.world_size}")
+        load_weights(self.model, checkpoint / "model.safetensors")
+        if self.ema is not None:
+            load_weights(self.ema.module, checkpoint / "ema.safetensors")
+            self.ema.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["data"][ctx.rank])
+        self.noise.set_state(state["noise_generator"][ctx.rank])
+        torch.set_rng_state(state["torch_rng"][ctx.rank])
+        self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+
