@@ -8,14 +8,24 @@ here plus one ``FORMATS.add`` line below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from maskdiff.data.images import READERS, image_batches, prepare_images
 from maskdiff.data.splits import Splits, chunks
 from maskdiff.data.text import prepare_text, read_text, text_batches
 from maskdiff.registry import Registry
+
+
+class BatchStream(Protocol):
+    """An endless, resumable iterator of training batches (``x0`` or ``(x0, labels)``)."""
+
+    def __next__(self) -> Any: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,7 @@ class DataFormat:
 
     modality: str  # "text" (characters, tokens) or "image" (H*W*C sub-pixel tokens)
     prepare: Callable[..., tuple[Any, Splits]]  # (data_cfg, tokenizer or None) -> (tokenizer, splits)
-    batches: Callable[..., Iterator]  # (splits, data_cfg, num_classes, batch_size, seed) -> resumable batch stream
+    batches: Callable[..., BatchStream]  # (splits, data_cfg, num_classes, batch_size, seed) -> resumable batch stream
 
 
 FORMATS: Registry[DataFormat] = Registry("data.format")
@@ -38,7 +48,7 @@ def prepare_data(data_cfg, tokenizer=None) -> tuple[Any, Splits]:
     return FORMATS.get(data_cfg.format).prepare(data_cfg, tokenizer)
 
 
-def training_batches(splits: Splits, cfg, batch_size: int, seed: int) -> Iterator:
+def training_batches(splits: Splits, cfg, batch_size: int, seed: int) -> BatchStream:
     """The endless, resumable batch stream of a run (``state_dict``/``load_state_dict``).
 
     Image batches of a class-conditional model are ``(x0, labels)`` pairs.
@@ -47,4 +57,4 @@ def training_batches(splits: Splits, cfg, batch_size: int, seed: int) -> Iterato
     return FORMATS.get(cfg.data.format).batches(splits, cfg.data, num_classes, batch_size, seed)
 
 
-__all__ = ["FORMATS", "DataFormat", "Splits", "chunks", "prepare_data", "read_text", "training_batches"]
+__all__ = ["FORMATS", "BatchStream", "DataFormat", "Splits", "chunks", "prepare_data", "read_text", "training_batches"]

@@ -23,7 +23,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -203,7 +203,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                             log.log(
                                 step,
                                 tokens=step * window.tokens_per_step,
-                                lr=state.scheduler.get_last_lr()[0],
+                                lr=float(state.scheduler.get_last_lr()[0]),
                                 train_loss=train_loss,
                                 train_bits=last_bits,
                                 grad_norm=float(outcome.grad_norm),
@@ -226,6 +226,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                     break
 
         checkpoint = latest_checkpoint(run_dir) or checkpoint
+        assert checkpoint is not None  # every way out of the loop saved one
         if state.step < tc.steps:  # stopped by a signal, with a checkpoint of this very step
             return TrainResult(run_dir, checkpoint, state.step, last_bits, None, window.tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
 

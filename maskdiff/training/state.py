@@ -20,29 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
 from maskdiff import distributed
 from maskdiff.checkpoint import CHECKPOINTS, checkpoint_name, load_state, load_weights, save_checkpoint
 from maskdiff.config import RunConfig
-from maskdiff.data import Splits, training_batches
+from maskdiff.data import BatchStream, Splits, training_batches
 from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.training.ema import EMA
 from maskdiff.training.step import make_optimizer, make_scheduler
-
-
-class BatchStream(Protocol):
-    """An endless, resumable iterator of training batches (``x0`` or ``(x0, labels)``)."""
-
-    def __next__(self) -> Any: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass

@@ -100,8 +100,10 @@ def train_step(
         x0 = x0.to(device, non_blocking=True)
         extra = {} if labels is None else {"labels": labels.to(device, non_blocking=True)}
         # DDP averages gradients once per optimizer step, on the last micro-batch
-        sync = i == accum - 1 or not isinstance(trained, DistributedDataParallel)
-        with contextlib.nullcontext() if sync else trained.no_sync():
+        sync: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if isinstance(trained, DistributedDataParallel) and i < accum - 1:
+            sync = trained.no_sync()
+        with sync:
             with mark("forward+loss"), autocast(device, precision):
                 loss = trained(x0, generator=state.noise, **extra).mean() / x0.shape[-1]  # nats per token
             with mark("backward"):
