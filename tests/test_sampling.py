@@ -332,6 +332,10 @@ GOLDEN_CASES = {
 }
 
 
+def as_text(z, mask_id):
+    return ["".join("_" if v == mask_id else str(v) for v in row) for row in z.tolist()]
+
+
 def golden_samples():
     """Every state of every golden case as text (one character per position, _ for masks) and the NFE after each step."""
     models = golden_models()
@@ -342,8 +346,7 @@ def golden_samples():
         if "given" in options:
             options["given"] = prompt(length, model.mask_id, options["given"])
         states = list(model.iterate(6, length, steps, generator=seed(30), **options))
-        text = lambda z: ["".join("_" if v == model.mask_id else str(v) for v in row) for row in z.tolist()]  # noqa: E731
-        out[name] = {"states": [text(step.z) for step in states], "nfe": [step.nfe for step in states]}
+        out[name] = {"states": [as_text(step.z, model.mask_id) for step in states], "nfe": [step.nfe for step in states]}
     return out
 
 
