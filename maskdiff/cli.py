@@ -20,7 +20,7 @@ from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.presets import PRESETS, get_preset
-from maskdiff.sampling import GRIDS, METHODS
+from maskdiff.sampling import GRIDS, RULES
 from maskdiff.training import train
 
 EXIT_ERROR = 1
@@ -232,6 +232,11 @@ def cmd_presets(args) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def rule_summaries() -> str:
+    """The registered sampler rules with their one-line summaries, for the sample subcommand's help."""
+    return "; ".join(f"{name} ({rule.summary()})" for name, rule in RULES.items())
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="maskdiff", description="Masked discrete diffusion: train, sample and evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -252,8 +257,7 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "sample",
         help="generate text or images from a checkpoint",
-        description="Generate text by running the reverse process. Rules: ancestral (MD4), mean (MD4's two-step "
-        "variant), low_confidence (MaskGIT remasking), random, threshold (parallel decoding of confident positions). "
+        description="Generate text by running the reverse process. Rules (--method): " + rule_summaries() + ". "
         "For a run trained on images it writes a PNG grid (--output, default RUN/samples.png), with --show-steps "
         "also an animated GIF of the unmasking, and can sample a class (--label, --cfg) or inpaint (--inpaint, --keep).",
     )
@@ -261,7 +265,7 @@ def build_parser() -> Parser:
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
     p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
-    p.add_argument("--method", choices=METHODS, default="ancestral", help="which positions to reveal each step (default ancestral)")
+    p.add_argument("--method", choices=RULES.names(), default="ancestral", help="which positions to reveal each step (default ancestral)")
     p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
     p.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens only (0: all)")

@@ -36,6 +36,12 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 
+    def remove(self, name: str) -> T:
+        """Take ``name`` out of the table (a plug-in registered for a while, e.g. in a test).  -> its entry"""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
     def get(self, name: str) -> T:
         """The entry called ``name``; an unknown name is a :class:`MaskdiffError` listing the choices."""
         try:

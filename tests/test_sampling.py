@@ -1,11 +1,19 @@
 """Samplers against the distributions they must draw from, using the exact-conditional oracle."""
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import ToyDistribution
 
 import maskdiff
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives.genmd4 import GenMD4, inverse_softplus
 from maskdiff.sampling import SamplerOptions, categorical, fill_after_eos, filter_probs, iterate, time_grid
+
+GOLDEN = Path(__file__).parent / "golden" / "samples.json"
 
 
 def empirical(toy, samples):
@@ -235,3 +243,122 @@ def test_counter_streams_match_a_reference_splitmix64_and_are_uniform():
     assert not torch.equal(u[0], u[1])
     again = SampleStreams(3, seed(0))
     assert torch.equal(torch.cat([again.uniform(50000) for _ in range(4)], dim=1), u)
+
+
+# ---------------------------------------------------------------- golden samples
+def golden_models():
+    """Small fixed models: the toy oracle (MD4 and GenMD4 with unequal powers), a class-conditional
+    variant of it, and a one-layer Transformer in float64 whose weights are all drawn from a seed
+    (float64 so that the samples do not depend on the CPU's float32 kernels)."""
+    toy = ToyDistribution(vocab_size=3, length=6, seed=1)
+    genmd4 = GenMD4(toy.denoiser, toy.V)
+    with torch.no_grad():
+        genmd4.raw_w.copy_(torch.tensor([inverse_softplus(p) for p in (0.5, 1.0, 3.0)]))
+    bias = torch.randn(2, toy.L, toy.V, generator=seed(20), dtype=torch.float64)
+
+    def class_conditional(z, t, labels=None):
+        logits = toy.denoiser(z, t)
+        if labels is None:
+            return logits
+        return logits + torch.where(labels[:, None, None] >= 0, bias[labels.clamp_min(0)], 0.0)
+
+    V = 5
+    net = maskdiff.Transformer(maskdiff.ModelConfig(n_layers=1, d_model=16, n_heads=2, time_conditioning=False), V)
+    net = net.double().eval()
+    gen = seed(21)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=gen, dtype=torch.float64) * 0.3)
+    return {
+        "toy": (maskdiff.MaskedDiffusion(toy.denoiser, "cosine", toy.V), toy.L),
+        "genmd4": (genmd4, toy.L),
+        "labels": (maskdiff.MaskedDiffusion(class_conditional, "linear", toy.V), toy.L),
+        "transformer": (maskdiff.MaskedDiffusion(net, "cosine", V), 8),
+    }
+
+
+def prompt(length, mask_id, fixed):
+    given = torch.full((6, length), mask_id)
+    for position, value in fixed.items():
+        given[:, position] = value
+    return given
+
+
+# name -> (model, steps, options); 6 samples each
+GOLDEN_CASES = {
+    "ancestral": ("toy", 5, {}),
+    "mean": ("toy", 5, {"method": "mean"}),
+    "low_confidence": ("toy", 5, {"method": "low_confidence"}),
+    "random": ("toy", 5, {"method": "random"}),
+    "threshold": ("toy", 5, {"method": "threshold"}),
+    "ancestral 24 steps": ("toy", 24, {}),
+    "mean 24 steps": ("toy", 24, {"method": "mean"}),
+    "ancestral uniform grid top_p": ("toy", 6, {"grid": "uniform", "top_p": 0.7}),
+    "mean top_k temperature": ("toy", 6, {"method": "mean", "top_k": 2, "temperature": 0.7}),
+    "ancestral temperature 0": ("toy", 6, {"temperature": 0}),
+    "low_confidence temperature 0": ("toy", 5, {"method": "low_confidence", "temperature": 0}),
+    "threshold temperature 0": ("toy", 5, {"method": "threshold", "temperature": 0, "threshold": 0.6}),
+    "random top_p": ("toy", 5, {"method": "random", "top_p": 0.8}),
+    "low_confidence tokens_per_step 1": ("toy", 6, {"method": "low_confidence", "tokens_per_step": 1}),
+    "random tokens_per_step 2": ("toy", 4, {"method": "random", "tokens_per_step": 2}),
+    "threshold 0.5": ("toy", 5, {"method": "threshold", "threshold": 0.5}),
+    "ancestral block_size 2": ("toy", 7, {"block_size": 2}),
+    "mean block_size 4": ("toy", 6, {"method": "mean", "block_size": 4}),
+    "low_confidence block_size 4": ("toy", 6, {"method": "low_confidence", "block_size": 4}),
+    "random block_size 3": ("toy", 6, {"method": "random", "block_size": 3, "tokens_per_step": 1}),
+    "threshold block_size 2": ("toy", 6, {"method": "threshold", "block_size": 2, "threshold": 0.7}),
+    "ancestral no cache": ("toy", 24, {"cache": False}),
+    "low_confidence no cache": ("toy", 8, {"method": "low_confidence", "cache": False}),
+    "ancestral cfg prompt": ("toy", 6, {"cfg": 1.5, "given": {0: 2, 3: 1}}),
+    "low_confidence cfg prompt": ("toy", 6, {"method": "low_confidence", "cfg": 2.0, "given": {1: 0}}),
+    "threshold cfg prompt": ("toy", 6, {"method": "threshold", "cfg": 1.0, "threshold": 0.6, "given": {5: 1}}),
+    "eos min_length truncate": ("toy", 6, {"eos_id": 2, "min_length": 3, "truncate_after_eos": True}),
+    "labels cfg": ("labels", 6, {"cfg": 2.0, "labels": [0, 1, 0, 1, 0, 1]}),
+    "labels low_confidence": ("labels", 6, {"method": "low_confidence", "labels": [1, 1, 0, 0, 1, 0]}),
+    "genmd4 ancestral": ("genmd4", 6, {}),
+    "genmd4 ancestral 24 steps": ("genmd4", 24, {}),
+    "genmd4 mean": ("genmd4", 6, {"method": "mean"}),
+    "genmd4 low_confidence": ("genmd4", 6, {"method": "low_confidence"}),
+    "genmd4 random": ("genmd4", 6, {"method": "random"}),
+    "genmd4 threshold": ("genmd4", 6, {"method": "threshold", "threshold": 0.6}),
+    "genmd4 low_confidence tokens_per_step 2": ("genmd4", 4, {"method": "low_confidence", "tokens_per_step": 2}),
+    "genmd4 random block_size 3": ("genmd4", 6, {"method": "random", "block_size": 3}),
+    "genmd4 threshold no cache": ("genmd4", 6, {"method": "threshold", "cache": False}),
+    "genmd4 ancestral cfg prompt": ("genmd4", 8, {"cfg": 1.0, "given": {2: 0}}),
+    "transformer ancestral": ("transformer", 6, {}),
+    "transformer low_confidence temperature 0": ("transformer", 6, {"method": "low_confidence", "temperature": 0}),
+    "transformer threshold cfg prompt": ("transformer", 6, {"method": "threshold", "threshold": 0.3, "cfg": 1.0, "given": {0: 4}}),
+    "transformer random top_k block_size 4": ("transformer", 6, {"method": "random", "top_k": 3, "block_size": 4}),
+}
+
+
+def as_text(z, mask_id):
+    return ["".join("_" if v == mask_id else str(v) for v in row) for row in z.tolist()]
+
+
+def golden_samples():
+    """Every state of every golden case as text (one character per position, _ for masks) and the NFE after each step."""
+    models = golden_models()
+    out = {}
+    for name, (model_name, steps, options) in GOLDEN_CASES.items():
+        model, length = models[model_name]
+        options = dict(options)
+        if "given" in options:
+            options["given"] = prompt(length, model.mask_id, options["given"])
+        states = list(model.iterate(6, length, steps, generator=seed(30), **options))
+        out[name] = {"states": [as_text(step.z, model.mask_id) for step in states], "nfe": [step.nfe for step in states]}
+    return out
+
+
+def test_samples_match_the_golden_file():
+    """Every rule and option draws exactly the samples it drew when the file was written (same seed, same models).
+
+    Regenerate (only after an intended change to what the samplers draw) with MASKDIFF_UPDATE_GOLDEN=1.
+    """
+    got = golden_samples()
+    if os.environ.get("MASKDIFF_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    assert sorted(got) == sorted(expected)
+    changed = [name for name in GOLDEN_CASES if got[name] != expected[name]]
+    assert not changed, f"samples changed: {changed}"

@@ -2,14 +2,22 @@
 
 A sampler needs only a model with ``guided_predict``, ``schedule`` and ``mask_id`` (any
 :class:`maskdiff.objectives.DiffusionModel`), so the CLI, a test or a server drive it the same
-way, through the model's ``iterate``/``sample``.
+way, through the model's ``iterate``/``sample``. The reveal rules are classes registered by
+name in :data:`RULES` (:mod:`maskdiff.sampling.rules`).
 """
 
 from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
-from maskdiff.sampling.loop import METHODS, SamplerOptions, Step, fill_after_eos, iterate, sample
+from maskdiff.sampling.loop import SamplerOptions, Step, fill_after_eos, iterate, sample
+from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext
 from maskdiff.sampling.streams import SampleStreams, splitmix64
 
 __all__ = [
-    "GRIDS", "METHODS", "SamplerOptions", "Step", "SampleStreams", "categorical", "fill_after_eos", "filter_probs",
-    "iterate", "sample", "splitmix64", "time_grid",
+    "GRIDS", "METHODS", "RULES", "Prediction", "Rule", "SamplerOptions", "Step", "StepContext", "SampleStreams",
+    "categorical", "fill_after_eos", "filter_probs", "iterate", "sample", "splitmix64", "time_grid",
 ]
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # the names of the registered rules, read when asked (kept for compatibility)
+        return RULES.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,36 +1,25 @@
-"""Reverse-process samplers: start from masks and reveal tokens along a time grid from t = 1 to 0.
+"""The sampling loop: start from masks and reveal tokens along a time grid from t = 1 to 0.
 
-A sampler needs only a denoiser callable, a schedule and the mask id, so a CLI, a test or a
-server drives it the same way; :func:`iterate` yields every intermediate state.
+A sampler needs only a model with ``guided_predict``, ``schedule`` and ``mask_id``, so a CLI, a
+test or a server drives it the same way; :func:`iterate` yields every intermediate state.
 
-Every step has two parts: a *rule* decides which masked positions to reveal, and the revealed
-positions take values drawn from the denoiser's prediction (after temperature, top-k and
-top-p). The rules:
-
-- ``ancestral``: MD4's reverse process. From t to s each masked position is revealed with
-  probability (alpha_s - alpha_t) / (1 - alpha_t). Which positions are revealed does not depend
-  on the network, so a step that reveals nothing does not call it. With a state-dependent
-  schedule (GenMD4, ``alpha`` per token value) a position is revealed as v with probability
-  mu_v (alpha_v(s) - alpha_v(t)) / (1 - alpha_v(t)); the network is still skipped when no
-  draw falls below the largest of these chances.
-- ``mean``: the same transition in MD4's two-step form (a value for every masked position
-  first, then the reveal decisions). It has the same distribution, and with maskdiff's
-  random streams even the same samples, but calls the network whenever anything is masked.
-- ``low_confidence``: MaskGIT/LLaDA remasking. Draw values for all masked positions and reveal
-  the k with the highest predicted probability; k is the number the schedule expects
-  (rounded; under GenMD4 the sum of the positions' reveal chances) or ``tokens_per_step``.
-- ``random``: reveal k positions chosen uniformly at random.
-- ``threshold``: reveal every masked position whose drawn value has probability above
-  ``threshold``, and at least the most confident one.
+Every step has two parts: a *rule* (:mod:`maskdiff.sampling.rules`, chosen by
+``SamplerOptions.method``) decides which rows need the network and which masked positions to
+reveal, and the revealed positions take values drawn from the model's prediction (after
+temperature, top-k and top-p). The step from t to s hands the rule the chance that a masked
+position is revealed, (alpha_s - alpha_t) / (1 - alpha_t): one number, or one per token value
+for state-dependent schedules (GenMD4).
 
 ``block_size`` makes any rule semi-autoregressive: blocks of that many positions are decoded
 left to right, each with its own share of the steps and its own time grid. The last step of
-every block reveals whatever is still masked in it, so the output never holds the mask id.
+every block reveals whatever is still masked in it, whatever the rule, so the output never
+holds the mask id.
 
 Randomness: each sample has its own counter-based stream (seeded from ``generator``), and every
-step draws the same numbers whether or not the network is called, so samples depend only on the seed and
-their index, never on the batch size or on skipped network calls. Values are drawn by
-inverse-CDF sampling in float64 (float32 noise truncates the tail of the distribution).
+step draws the same numbers (one reveal and one value draw per position) whatever the rule and
+whether or not the network is called, so samples depend only on the seed and their index, never
+on the batch size or on skipped network calls. Values are drawn by inverse-CDF sampling in
+float64 (float32 noise truncates the tail of the distribution).
 """
 
 from __future__ import annotations
@@ -42,17 +31,16 @@ from typing import Iterator
 import torch
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
+from maskdiff.sampling.distributions import GRIDS, filter_probs, time_grid
+from maskdiff.sampling.rules import RULES, Rule, StepContext, check_rule_options
 from maskdiff.sampling.streams import SampleStreams
-
-METHODS = ("ancestral", "mean", "low_confidence", "random", "threshold")
 
 
 @dataclass
 class SamplerOptions:
-    """How to sample; validated when built."""
+    """How to sample; validated when built (the rule checks its own options)."""
 
-    method: str = "ancestral"
+    method: str = "ancestral"  # the reveal rule, a name in maskdiff.sampling.RULES
     grid: str = "cosine"
     temperature: float = 1.0
     top_k: int = 0  # keep the k most likely values; 0 keeps all
@@ -67,9 +55,7 @@ class SamplerOptions:
     cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"unknown sampling method {self.method!r}; choose one of {', '.join(METHODS)}")
+        problems = check_rule_options(self)
         if self.grid not in GRIDS:
             problems.append(f"unknown time grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
         if not self.temperature >= 0:
@@ -78,12 +64,6 @@ class SamplerOptions:
             problems.append(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.tokens_per_step < 0:
-            problems.append(f"tokens_per_step must be >= 0, got {self.tokens_per_step}")
-        if self.tokens_per_step and self.method not in ("low_confidence", "random"):
-            problems.append("tokens_per_step applies to the low_confidence and random rules")
-        if not 0 < self.threshold <= 1:
-            problems.append(f"threshold must be in (0, 1], got {self.threshold}")
         if self.block_size < 0:
             problems.append(f"block_size must be >= 0, got {self.block_size}")
         if not math.isfinite(self.cfg):
@@ -94,6 +74,10 @@ class SamplerOptions:
             problems.append("min_length and truncate_after_eos need eos_id")
         if problems:
             raise MaskdiffError("; ".join(problems))
+
+    def rule(self) -> Rule:
+        """The reveal rule named by ``method``, built with its options."""
+        return RULES.get(self.method).from_options(self)
 
 
 @dataclass
@@ -133,26 +117,6 @@ def block_plan(length: int, steps: int, block_size: int) -> list[tuple[int, int,
     return [(s, min(s + block_size, length), share + (i < extra)) for i, s in enumerate(starts)]
 
 
-def reveal_counts(masked: torch.Tensor, p_reveal, last: bool, tokens_per_step: int) -> torch.Tensor:
-    """How many positions each row reveals in a count-based rule: the number the schedule expects.
-
-    masked [N, L] bool; p_reveal a float, or [N, L] per position for state-dependent schedules.  -> [N]
-    """
-    n = masked.sum(-1)
-    if last:
-        return n
-    if tokens_per_step:
-        return n.clamp_max(tokens_per_step)
-    return torch.round((masked * p_reveal).double().sum(-1)).long()
-
-
-def top_ranked(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The ``counts[i]`` eligible positions of row i with the highest scores.  -> bool [N, L]"""
-    scores = torch.where(eligible, scores, -math.inf)
-    ranks = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
-    return eligible & (ranks < counts[:, None])
-
-
 class Denoise:
     """Calls the denoiser (with CFG when asked) on chosen rows and counts network evaluations.
 
@@ -189,8 +153,8 @@ def iterate(
 ) -> Iterator[Step]:
     """Yield the initial state and the state after every step; the last has no mask ids.
 
-    ``model`` is a :class:`maskdiff.diffusion.DiffusionModel` (MaskedDiffusion or GenMD4): the
-    sampler uses its ``predict``, ``schedule`` and ``mask_id``.
+    ``model`` is a :class:`maskdiff.objectives.DiffusionModel` (MaskedDiffusion or GenMD4): the
+    sampler uses its ``guided_predict``, ``schedule`` and ``mask_id``.
     ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
     ``cfg`` those positions form the prompt that the unconditional pass masks.
     ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
@@ -210,6 +174,7 @@ def iterate(
         labels = torch.as_tensor(labels, dtype=torch.long, device=device)
         if tuple(labels.shape) != (num_samples,):
             raise MaskdiffError(f"labels has shape {tuple(labels.shape)}, expected ({num_samples},)")
+    rule = options.rule()
     denoise = Denoise(model, options, prompt, labels)
     streams = SampleStreams(num_samples, generator, device)
     all_rows = torch.arange(num_samples, device=device)
@@ -226,69 +191,49 @@ def iterate(
             index += 1
             p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
             last = i == block_steps - 1
-            z, revealed = _step(z, scope, float(times[i]), p_reveal, last, options, denoise, streams, all_rows, mask_id)
+            z, revealed = reverse_step(z, scope, float(times[i]), p_reveal, last, rule, options, denoise, streams, all_rows, mask_id)
             if options.truncate_after_eos and last and block == len(plan) - 1:
                 z = fill_after_eos(z, options.eos_id)
             yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed)
 
 
-def _step(z, scope, t, p_reveal, last, options, denoise, streams, all_rows, mask_id):
-    """One reverse step of the chosen rule.  -> (new z, revealed positions)
+def reverse_step(
+    z: torch.Tensor,
+    scope: torch.Tensor,
+    t: float,
+    p_reveal: torch.Tensor,
+    last: bool,
+    rule: Rule,
+    options: SamplerOptions,
+    denoise: Denoise,
+    streams: SampleStreams,
+    all_rows: torch.Tensor,
+    mask_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step from time t: the rule picks the rows to run and the positions to reveal.
 
-    ``p_reveal`` is the chance that a masked position is revealed by this step: a 0-d tensor,
-    or one per token value [V] for state-dependent schedules (GenMD4), where a position is
-    revealed as v with probability mu_v p_reveal[v] and so the reveal depends on the prediction.
+    z [N, L]; scope [L] bool: the positions of the current block; ``p_reveal`` is the chance
+    that a masked position is revealed by this step, a 0-d tensor or one per token value [V].
+    -> (new z, revealed positions [N, L] bool)
     """
     n, length = z.shape
     masked = (z == mask_id) & scope
     # the same draws every step, whatever the rule needs and whether or not the network runs
     u_reveal, u_value = streams.uniform(2 * length).view(n, 2, length).unbind(1)
-    method = options.method
-    per_value = p_reveal.ndim > 0
-    exact = method in ("ancestral", "mean")
-
-    def predict(rows):
-        logits = denoise(z, rows, t)
-        if options.eos_id is not None and options.min_length:
-            logits[:, : options.min_length, options.eos_id] = -math.inf
-        probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
-        # the reverse transition reveals v with probability mu_v p_reveal[v]
-        weighted = probs * p_reveal if per_value and not last else probs
-        values = categorical(weighted if exact else probs, u_value[rows])
-        if options.temperature == 0:  # rank by the model's own probabilities, not the one-hot
-            probs = torch.softmax(logits, dim=-1)
-        confidence = probs.gather(-1, values.unsqueeze(-1)).squeeze(-1)
-        return values, confidence, weighted.sum(-1)
-
-    # rows that may reveal something: a row whose rule reveals nothing skips the network
-    if exact:
-        # p_reveal.max() bounds the reveal chance, so positions above it stay masked whatever the network says
-        candidates = masked if last else masked & (u_reveal < p_reveal.max())
-        active = candidates.any(-1) if method == "ancestral" else masked.any(-1)
-    elif method in ("random", "low_confidence") and not per_value:
-        counts = reveal_counts(masked, p_reveal.item(), last, options.tokens_per_step)
-        active = counts > 0
-    else:
-        active = masked.any(-1)
+    step = StepContext(masked, u_reveal, p_reveal, last)
+    active = masked.any(-1) if last else rule.may_reveal(step)
     rows = all_rows[active] if options.cache else all_rows
     if rows.numel() == 0:
         return z, torch.zeros_like(masked)
-    values = torch.zeros_like(z)
-    confidence = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
-    chance = torch.zeros(z.shape, dtype=torch.float64, device=z.device)
-    values[rows], confidence[rows], chance[rows] = predict(rows)
-
-    if exact:
-        reveal = candidates & (u_reveal < chance) if per_value and not last else candidates
-    elif method in ("random", "low_confidence"):
-        if per_value:
-            counts = reveal_counts(masked, chance, last, options.tokens_per_step)
-        ranking = u_reveal if method == "random" else confidence
-        reveal = top_ranked(ranking, masked, counts)
-    else:  # threshold: everything confident enough, and at least the most confident position
-        most = top_ranked(confidence, masked, masked.any(-1).long())
-        reveal = masked if last else masked & ((confidence >= options.threshold) | most)
-    return torch.where(reveal, values, z), reveal
+    logits = denoise(z, rows, t)
+    if options.eos_id is not None and options.min_length:
+        logits[:, : options.min_length, options.eos_id] = -math.inf
+    probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
+    # at temperature 0 rank by the model's own probabilities, not by the one-hot
+    model_probs = torch.softmax(logits, dim=-1) if options.temperature == 0 else probs
+    prediction = rule.draw(probs, u_value[rows], p_reveal, last, model_probs).for_rows(rows, n)
+    reveal = masked if last else rule.reveal(step, prediction)
+    return torch.where(reveal, prediction.values, z), reveal
 
 
 def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:
