@@ -52,8 +52,7 @@ def main() -> None:
             model.get_parameter("denoiser.head.weight").normal_(std=0.5)
         length = cfg.data.seq_len
     dtype = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"{args.num_samples} samples x {length} tokens, {args.steps} steps, {torch.get_num_threads()} threads, "
-          f"{'bf16' if dtype else 'fp32'}")
+    print(f"{args.num_samples} samples x {length} tokens, {args.steps} steps, {torch.get_num_threads()} threads, {'bf16' if dtype else 'fp32'}")
     print(f"{'rule':32s} {'samples/s':>10s} {'tokens/s':>10s} {'NFE/sample':>11s}")
     for name, options in RULES:
         given = None
@@ -62,8 +61,7 @@ def main() -> None:
             given[:, :16] = torch.randint(0, model.vocab_size, (16,))
         start = time.perf_counter()
         with autocast(torch.device("cpu"), dtype):
-            states = model.iterate(args.num_samples, length, args.steps, given=given,
-                                   generator=torch.Generator().manual_seed(0), **options)
+            states = model.iterate(args.num_samples, length, args.steps, given=given, generator=torch.Generator().manual_seed(0), **options)
             step = deque(states, maxlen=1)[0]  # the final state
         seconds = time.perf_counter() - start
         # one network call evaluates the whole batch, so NFE per sample is the number of calls

@@ -86,7 +86,7 @@ class OtherLoad:
             values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal (guest time is inside user)
         return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
-    def start(self) -> "OtherLoad":
+    def start(self) -> OtherLoad:
         try:
             self._start = (time.perf_counter(), time.process_time(), self._machine_busy_seconds())
         except (OSError, ValueError, IndexError, AttributeError):
@@ -153,8 +153,7 @@ def matmul_peaks(device: torch.device) -> dict[str, tuple[float, int]]:
         "bf16": (torch.bfloat16, (256,), 1, 0.05) if slow_bf16 else (torch.bfloat16, sizes, 2, 0.5),
     }
     return {
-        name: max((matmul_gflops(n, dtype, device, warmup, min_time), n) for n in sizes)
-        for name, (dtype, sizes, warmup, min_time) in plans.items()
+        name: max((matmul_gflops(n, dtype, device, warmup, min_time), n) for n in sizes) for name, (dtype, sizes, warmup, min_time) in plans.items()
     }
 
 
@@ -304,8 +303,10 @@ def profile_steps(step: Callable, batches: list, steps: int, rows: int, device: 
         elif event.name.startswith("aten::") and (phase := phase_of(event)) is not None:
             ops[phase] += 1 / steps
             syncs[phase] += (event.name == "aten::_local_scalar_dense") / steps
-    print_table(["phase", "ms/step", "aten ops/step", "host syncs/step"],
-                [[name, f"{ms[name]:,.1f}", f"{ops[name]:,.0f}", f"{syncs[name]:,.0f}"] for name in PHASES])
+    print_table(
+        ["phase", "ms/step", "aten ops/step", "host syncs/step"],
+        [[name, f"{ms[name]:,.1f}", f"{ops[name]:,.0f}", f"{syncs[name]:,.0f}"] for name in PHASES],
+    )
     print("(aten ops include nested calls; a host sync is aten::_local_scalar_dense: .item()/int()/bool() of a tensor,")
     print(" free on a CPU but a stall on a GPU; the profiler inflates small ops, compare with the un-profiled phases)")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -336,18 +337,42 @@ def reference(result: Result, threads: int) -> str:
 
 def print_results(results: list[Result], peaks: dict, threads: int, warmup: int) -> None:
     print(f"\nTraining throughput (AdamW + clip + EMA, {plural(threads, 'thread')}, after {plural(warmup, 'warm-up step')})")
-    headers = ["size", "params", "shape", "t-cond", "prec", "batch x seq", "clean/steps", "step ms", "tokens/s",
-               "MFLOP/tok", "GFLOP/s", "MFU", "DESIGN ref (ours/ref)"]
+    headers = [
+        "size",
+        "params",
+        "shape",
+        "t-cond",
+        "prec",
+        "batch x seq",
+        "clean/steps",
+        "step ms",
+        "tokens/s",
+        "MFLOP/tok",
+        "GFLOP/s",
+        "MFU",
+        "DESIGN ref (ours/ref)",
+    ]
     rows = []
     for r in results:
         peak = peaks.get(r.precision, (math.nan, 0))[0]
         achieved = r.tokens_per_s * r.flops_per_token / 1e9
-        rows.append([
-            r.size, f"{r.params / 1e6:.2f}M", r.shape, "on" if r.time_conditioning else "off", r.precision,
-            f"{r.batch} x {r.seq_len}", f"{len(r.clean)}/{len(r.records)}", f"{r.median_step * 1e3:,.0f}",
-            f"{r.tokens_per_s:,.0f}", f"{r.flops_per_token / 1e6:.1f}", f"{achieved:,.1f}",
-            f"{achieved / peak:.0%}" if peaks else "-", reference(r, threads),
-        ])
+        rows.append(
+            [
+                r.size,
+                f"{r.params / 1e6:.2f}M",
+                r.shape,
+                "on" if r.time_conditioning else "off",
+                r.precision,
+                f"{r.batch} x {r.seq_len}",
+                f"{len(r.clean)}/{len(r.records)}",
+                f"{r.median_step * 1e3:,.0f}",
+                f"{r.tokens_per_s:,.0f}",
+                f"{r.flops_per_token / 1e6:.1f}",
+                f"{achieved:,.1f}",
+                f"{achieved / peak:.0%}" if peaks else "-",
+                reference(r, threads),
+            ]
+        )
     print_table(headers, rows)
     print("params: non-embedding (flops_per_token counts 6 per parameter); MFLOP/tok: Transformer.flops_per_token;")
     print("clean/steps: timed steps without other processes on the cores (only those count, unless none is clean);")
@@ -361,8 +386,15 @@ def print_results(results: list[Result], peaks: dict, threads: int, warmup: int)
             used = r.used
             phases = [sum(s.phases[name] for s in used) / len(used) for name in PHASES]
             total = sum(s.seconds for s in used) / len(used)
-            rows.append([r.size, "on" if r.time_conditioning else "off", *(f"{p * 1e3:,.1f}" for p in phases),
-                         f"{(total - sum(phases)) * 1e3:,.1f}", f"{total * 1e3:,.1f}"])
+            rows.append(
+                [
+                    r.size,
+                    "on" if r.time_conditioning else "off",
+                    *(f"{p * 1e3:,.1f}" for p in phases),
+                    f"{(total - sum(phases)) * 1e3:,.1f}",
+                    f"{total * 1e3:,.1f}",
+                ]
+            )
         print_table(["size", "t-cond", *PHASES, "other", "total"], rows)
 
 
@@ -374,21 +406,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="tiny,5M,25M", help=f"comma-separated sizes from {', '.join(SIZES)}")
     parser.add_argument("--steps", type=int, default=5, help="minimum clean (uncontended) timed steps per size")
     parser.add_argument("--min-time", type=float, default=3.0, help="minimum timed seconds per size")
-    parser.add_argument("--max-time", type=float, default=60.0,
-                        help="seconds after which a size stops timing extra steps meant to replace contended ones")
+    parser.add_argument(
+        "--max-time", type=float, default=60.0, help="seconds after which a size stops timing extra steps meant to replace contended ones"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence [default: the preset's, 128 for tiny, 256 otherwise]")
     parser.add_argument("--vocab", type=int, default=84, help="vocabulary size V (the built-in corpus has 84 characters)")
-    parser.add_argument("--time-conditioning", choices=("on", "off", "both"), default="on",
-                        help="adaLN time conditioning (the performance targets are set with it on)")
+    parser.add_argument(
+        "--time-conditioning",
+        choices=("on", "off", "both"),
+        default="on",
+        help="adaLN time conditioning (the performance targets are set with it on)",
+    )
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as train.precision")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="as train.device")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads [default: leave as is]")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every size, repeatable (e.g. train.ema_decay=0)")
-    parser.add_argument("--wait-quiet", type=float, default=30.0,
-                        help="seconds to wait for other processes to leave the cores before each measurement")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every size, repeatable (e.g. train.ema_decay=0)"
+    )
+    parser.add_argument(
+        "--wait-quiet", type=float, default=30.0, help="seconds to wait for other processes to leave the cores before each measurement"
+    )
     parser.add_argument("--skip-peak", action="store_true", help="skip the matmul peak (MFU is then not reported)")
     parser.add_argument("--profile", action="store_true", help="also profile a few steps per size with torch.profiler")
     parser.add_argument("--profile-steps", type=int, default=3, help="steps traced by --profile")
@@ -421,8 +460,10 @@ def main() -> None:
 
     if args.precision == "auto" and precision is None and not fast_bf16:
         bf16_note = f" ({peaks['bf16'][0]:.1f} GFLOP/s in bf16 vs {peaks['fp32'][0]:.0f} in fp32)" if peaks else ""
-        print(f"\nNote: this CPU has no native bf16{bf16_note}, so precision 'auto' resolves to fp32 and bf16 "
-              "training is not benchmarked;\nthe bf16 targets need AVX512-BF16 or AMX. --precision bf16 forces it.")
+        print(
+            f"\nNote: this CPU has no native bf16{bf16_note}, so precision 'auto' resolves to fp32 and bf16 "
+            "training is not benchmarked;\nthe bf16 targets need AVX512-BF16 or AMX. --precision bf16 forces it."
+        )
     elif precision == torch.bfloat16 and not fast_bf16:
         print("\nWarning: bf16 forced on a CPU without native bf16: expect training far slower than in fp32.")
 
@@ -435,8 +476,11 @@ def main() -> None:
             t0 = time.perf_counter()
             result, step, batches = benchmark_training(args, size, tc, device, precision)
             results.append(result)
-            print(f"  {label}: {len(result.clean)}/{len(result.records)} clean steps, {result.tokens_per_s:,.0f} tokens/s "
-                  f"({time.perf_counter() - t0:.0f} s with warm-up)", flush=True)
+            print(
+                f"  {label}: {len(result.clean)}/{len(result.records)} clean steps, {result.tokens_per_s:,.0f} tokens/s "
+                f"({time.perf_counter() - t0:.0f} s with warm-up)",
+                flush=True,
+            )
             if args.profile:
                 print(f"\nProfile of {label}, {plural(args.profile_steps, 'step')}")
                 profile_steps(step, batches, args.profile_steps, args.profile_rows, device, args.wait_quiet)

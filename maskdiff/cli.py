@@ -65,6 +65,7 @@ def cmd_train(args) -> int:
         )
         return 0
     v = result.valid
+    assert v is not None  # a run that was not stopped early ends with its validation bound
     print(
         f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
         f"bits/{result.unit} (perplexity <= {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
@@ -82,9 +83,16 @@ IMAGE_ONLY = ("label", "inpaint", "scale")
 def _rule_options(args) -> dict:
     """The sampler options that text and image runs share, from the sample subcommand's flags."""
     return {
-        "method": args.method, "grid": args.grid, "temperature": args.temperature, "top_k": args.top_k,
-        "top_p": args.top_p, "tokens_per_step": args.tokens_per_step, "threshold": args.threshold,
-        "block_size": args.block_size, "cfg": args.cfg, "cache": not args.no_cache,
+        "method": args.method,
+        "grid": args.grid,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "tokens_per_step": args.tokens_per_step,
+        "threshold": args.threshold,
+        "block_size": args.block_size,
+        "cfg": args.cfg,
+        "cache": not args.no_cache,
     }
 
 
@@ -153,8 +161,7 @@ def _sample_text(args) -> int:
         Path(args.output).write_text(output + "\n", encoding="utf-8")
     print(output)
     print(
-        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, "
-        f"{gen.nfe} network evaluations]",
+        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {gen.nfe} network evaluations]",
         file=sys.stderr,
     )
     return 0
@@ -206,7 +213,9 @@ def eval_samples(args) -> int:
     """`maskdiff eval --samples FILE`: quality of generated text (judge perplexity, entropy, distinct-n)."""
     path = Path(args.samples)
     if args.samples.isdigit() and not path.exists():  # the old meaning of --samples
-        raise MaskdiffError(f"--samples now takes a file of generated texts; for {args.samples} Monte Carlo samples per sequence use --mc-samples {args.samples}")
+        raise MaskdiffError(
+            f"--samples now takes a file of generated texts; for {args.samples} Monte Carlo samples per sequence use --mc-samples {args.samples}"
+        )
     quality = evaluate_samples(path, judge=args.judge, batch_size=args.batch_size, progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps({**quality.to_dict(), "samples_file": str(path)}, ensure_ascii=False))
@@ -242,13 +251,20 @@ def build_parser() -> Parser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model", description="Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus.")
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus.",
+    )
     p.add_argument("--preset", help="named config (see `maskdiff presets`; default: tiny)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
     p.add_argument(
-        "--resume", nargs="?", const="yes", choices=("yes", "auto"),
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=("yes", "auto"),
         help="continue the run in --out from its newest intact checkpoint; '--resume auto' starts the run if it has none",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -278,8 +294,12 @@ def build_parser() -> Parser:
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt or --label (default 0: off)")
     p.add_argument("--label", type=int, metavar="N", help="images: sample class N (class-conditional runs)")
     p.add_argument("--inpaint", metavar="IMAGE", help="images: PNG/JPEG file whose --keep region every sample keeps")
-    p.add_argument("--keep", choices=("top", "bottom", "left", "right", "center", "outside"), default="top",
-                   help="images: region of --inpaint kept (half of the image, the center square, or all but it; default top)")
+    p.add_argument(
+        "--keep",
+        choices=("top", "bottom", "left", "right", "center", "outside"),
+        default="top",
+        help="images: region of --inpaint kept (half of the image, the center square, or all but it; default top)",
+    )
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
     p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
@@ -300,16 +320,28 @@ def build_parser() -> Parser:
         "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts.",
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
-    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus)")
+    p.add_argument(
+        "--data", metavar="FILE", help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus)"
+    )
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split of the run's corpus without --data (default test)")
-    p.add_argument("-k", "--mc-samples", type=int, default=1, metavar="K", help="Monte Carlo samples of (t, mask) per sequence (default 1; was --samples before)")
+    p.add_argument(
+        "-k", "--mc-samples", type=int, default=1, metavar="K", help="Monte Carlo samples of (t, mask) per sequence (default 1; was --samples before)"
+    )
     p.add_argument("--timesteps", type=int, help="discrete-time bound with T steps (default: continuous time)")
-    p.add_argument("--chain-rule", action="store_true", help="exact log-likelihood of left-to-right unmasking: one network call per token (short sequences)")
+    p.add_argument(
+        "--chain-rule", action="store_true", help="exact log-likelihood of left-to-right unmasking: one network call per token (short sequences)"
+    )
     p.add_argument("--length", type=int, help="tokens per evaluated sequence (default: the run's sequence length)")
     p.add_argument("--max-sequences", type=int, metavar="N", help="evaluate only the first N sequences")
-    p.add_argument("--skip-unknown", action="store_true", help="drop characters the checkpoint's tokenizer cannot encode (default: refuse the corpus)")
+    p.add_argument(
+        "--skip-unknown", action="store_true", help="drop characters the checkpoint's tokenizer cannot encode (default: refuse the corpus)"
+    )
     p.add_argument("--samples", metavar="FILE", help="score generated texts instead (`maskdiff sample --output FILE`, or one text per line)")
-    p.add_argument("--judge", metavar="PATH_OR_ID", help="with --samples: causal LM for generative perplexity: a model folder, a .gguf file, a hub id, or 'smollm2' (needs maskdiff[judge])")
+    p.add_argument(
+        "--judge",
+        metavar="PATH_OR_ID",
+        help="with --samples: causal LM for generative perplexity: a model folder, a .gguf file, a hub id, or 'smollm2' (needs maskdiff[judge])",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed; results are deterministic given it (default 0)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
@@ -348,5 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug: keep the message short unless asked
         if args.debug:
             raise
-        print(f"maskdiff {args.command}: internal error: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"maskdiff {args.command}: internal error: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr
+        )
         return EXIT_ERROR

@@ -87,8 +87,7 @@ class DataConfig(Section):
                 out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")
             elif self.seq_len != self.image_size**2 * self.channels:
                 out.append(
-                    f"data.seq_len must be image_size * image_size * channels = {self.image_size**2 * self.channels} "
-                    f"for images, not {self.seq_len}"
+                    f"data.seq_len must be image_size * image_size * channels = {self.image_size**2 * self.channels} for images, not {self.seq_len}"
                 )
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:

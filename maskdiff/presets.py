@@ -39,8 +39,15 @@ def text8() -> RunConfig:
         diffusion=DiffusionConfig(schedule="linear"),
         data=DataConfig(path="text8", seq_len=256, valid_fraction=0.05, test_fraction=0.05),
         train=TrainConfig(
-            steps=1_000_000, batch_size=512, lr=3e-4, warmup_steps=2000, weight_decay=0.03,
-            ema_decay=0.9999, eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+            steps=1_000_000,
+            batch_size=512,
+            lr=3e-4,
+            warmup_steps=2000,
+            weight_decay=0.03,
+            ema_decay=0.9999,
+            eval_every=10_000,
+            checkpoint_every=10_000,
+            precision="bf16",
         ),
     )
 
@@ -68,8 +75,15 @@ def image_tiny() -> RunConfig:
         diffusion=DiffusionConfig(schedule="linear"),
         data=DataConfig(format="idx", path=FASHION_MNIST_DIR, image_size=28, channels=1, seq_len=28 * 28, valid_fraction=0.02),
         train=TrainConfig(
-            steps=500, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.99, eval_every=100, eval_sequences=64,
-            checkpoint_every=250, precision="fp32",  # bf16 autocast makes CPU convolutions ~5x slower
+            steps=500,
+            batch_size=32,
+            lr=2e-3,
+            warmup_steps=50,
+            ema_decay=0.99,
+            eval_every=100,
+            eval_sequences=64,
+            checkpoint_every=250,
+            precision="fp32",  # bf16 autocast makes CPU convolutions ~5x slower
         ),
     )
 
@@ -80,13 +94,26 @@ def cifar10() -> RunConfig:
     return RunConfig(
         preset="cifar10",
         model=ModelConfig(
-            architecture="unet", n_layers=8, d_model=256, n_heads=1, pixel_features=32, dropout=0.1, time_conditioning=True,
+            architecture="unet",
+            n_layers=8,
+            d_model=256,
+            n_heads=1,
+            pixel_features=32,
+            dropout=0.1,
+            time_conditioning=True,
         ),
         diffusion=DiffusionConfig(schedule="linear"),
         data=DataConfig(format="cifar10", path="cifar-10-batches-py", image_size=32, channels=3, seq_len=32 * 32 * 3, valid_fraction=0.02),
         train=TrainConfig(
-            steps=2_000_000, batch_size=128, lr=2e-4, warmup_steps=100, weight_decay=0.01, ema_decay=0.9999,
-            eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+            steps=2_000_000,
+            batch_size=128,
+            lr=2e-4,
+            warmup_steps=100,
+            weight_decay=0.01,
+            ema_decay=0.9999,
+            eval_every=10_000,
+            checkpoint_every=10_000,
+            precision="bf16",
         ),
     )
 
@@ -97,13 +124,26 @@ def imagenet64() -> RunConfig:
     return RunConfig(
         preset="imagenet64",
         model=ModelConfig(
-            architecture="uvit", n_layers=12, d_model=768, n_heads=12, patch_size=4, pixel_features=16, time_conditioning=True,
+            architecture="uvit",
+            n_layers=12,
+            d_model=768,
+            n_heads=12,
+            patch_size=4,
+            pixel_features=16,
+            time_conditioning=True,
         ),
         diffusion=DiffusionConfig(schedule="cosine"),
         data=DataConfig(format="npz", path="imagenet64", image_size=64, channels=3, seq_len=64 * 64 * 3, valid_fraction=0.01),
         train=TrainConfig(
-            steps=2_000_000, batch_size=512, lr=2e-4, warmup_steps=2000, weight_decay=0.03, ema_decay=0.9999,
-            eval_every=10_000, checkpoint_every=10_000, precision="bf16",
+            steps=2_000_000,
+            batch_size=512,
+            lr=2e-4,
+            warmup_steps=2000,
+            weight_decay=0.03,
+            ema_decay=0.9999,
+            eval_every=10_000,
+            checkpoint_every=10_000,
+            precision="bf16",
         ),
     )
 
@@ -112,7 +152,9 @@ TEXT_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     **TEXT_PRESETS,
     **{f"genmd4-{name}": genmd4(fn) for name, fn in TEXT_PRESETS.items()},
-    "image-tiny": image_tiny, "cifar10": cifar10, "imagenet64": imagenet64,
+    "image-tiny": image_tiny,
+    "cifar10": cifar10,
+    "imagenet64": imagenet64,
 }
 
 

@@ -74,9 +74,7 @@ class CharTokenizer:
         if not found.all():
             missing = self.unknown(text)
             shown = ", ".join(repr(c) for c, _ in missing.most_common(10))
-            raise MaskdiffError(
-                f"{sum(missing.values())} characters ({len(missing)} distinct) are not in the vocabulary: {shown}"
-            )
+            raise MaskdiffError(f"{sum(missing.values())} characters ({len(missing)} distinct) are not in the vocabulary: {shown}")
         return torch.from_numpy(self._order[pos].astype(np.int64))
 
     def decode(self, ids) -> str:

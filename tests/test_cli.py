@@ -8,8 +8,22 @@ import pytest
 
 from maskdiff.cli import build_parser, main
 
-SMALL = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "data.seq_len=32", "--set", "train.batch_size=4",
-         "--set", "train.eval_every=3", "--set", "train.log_every=2", "--set", "train.precision=fp32"]
+SMALL = [
+    "--set",
+    "model.n_layers=1",
+    "--set",
+    "model.d_model=32",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.eval_every=3",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.precision=fp32",
+]
 
 
 def texts_of(stdout: str) -> list[str]:
@@ -80,7 +94,7 @@ def test_every_subcommand_has_help(command, capsys):
 
 def bad_inputs(tmp_path, corpus_file):
     (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 " .encode("latin-1") * 100)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
     (tmp_path / "greek.txt").write_text("αβγ" * 100, encoding="utf-8")
     new = str(tmp_path / "new")
     return [
@@ -166,8 +180,7 @@ def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
 
 
 def test_module_entry_point_runs_in_a_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "maskdiff", "eval", "--checkpoint", str(tmp_path / "none")],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "maskdiff", "eval", "--checkpoint", str(tmp_path / "none")], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "maskdiff", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout

@@ -40,7 +40,7 @@ def test_oracle_bound_equals_the_exact_entropy_within_its_standard_error(toy, sc
     # the check has teeth: the standard error is small next to what a wrong model would cost
     marginal = -(toy.marginals() * toy.marginals().log()).sum().item() / toy.L / math.log(2)
     assert marginal - exact > 10 * result.bits_per_token_stderr
-    assert result.perplexity == pytest.approx(2 ** result.bits_per_token)
+    assert result.perplexity == pytest.approx(2**result.bits_per_token)
 
 
 def test_monte_carlo_standard_error_shrinks_like_one_over_sqrt_k(toy):
@@ -132,7 +132,7 @@ def test_eval_json_reports_bound_perplexity_stderr_and_tokens(run_dir, capsys):
     assert code == 0 and chain["estimator"] == "chain_rule" and chain["num_tokens"] == 36
     # every key is documented in the README's eval table
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    documented = set(re.findall(r"`([a-z_0-9]+)`", readme[readme.index("#### `maskdiff eval --json` keys"):]))
+    documented = set(re.findall(r"`([a-z_0-9]+)`", readme[readme.index("#### `maskdiff eval --json` keys") :]))
     assert set(result) | set(chain) <= documented, set(result) - documented
 
 

@@ -68,8 +68,12 @@ def test_equal_powers_give_md4_with_the_poly_schedule(power):
     grid_t = torch.randint(1, 9, (B,), generator=torch.Generator().manual_seed(4)) / 8
     z_grid = mask_tokens(x0, md4.schedule.alpha(grid_t), V, torch.Generator().manual_seed(5))
     logits = denoiser(z_grid, grid_t)
-    assert torch.allclose(gen_model.loss_from_logits(logits, x0, z_grid, grid_t, timesteps=8),
-                          md4.loss_from_logits(logits, x0, z_grid, grid_t, timesteps=8), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(
+        gen_model.loss_from_logits(logits, x0, z_grid, grid_t, timesteps=8),
+        md4.loss_from_logits(logits, x0, z_grid, grid_t, timesteps=8),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
     # the whole estimate, drawn with the same generator: MD4 plus GenMD4's closed-form boundary terms
     for timesteps in (None, 8):
@@ -194,10 +198,20 @@ def test_training_writes_the_learned_powers_and_reloads_them(corpus_file, tmp_pa
     from maskdiff.presets import get_preset
     from maskdiff.training import train
 
-    cfg = get_preset("genmd4-tiny").with_overrides([
-        f"data.path={corpus_file}", "data.seq_len=32", "train.batch_size=4", "train.steps=4", "train.eval_every=0",
-        "train.warmup_steps=1", "model.n_layers=1", "model.d_model=32", "train.eval_sequences=4", "train.lr=0.05",
-    ])
+    cfg = get_preset("genmd4-tiny").with_overrides(
+        [
+            f"data.path={corpus_file}",
+            "data.seq_len=32",
+            "train.batch_size=4",
+            "train.steps=4",
+            "train.eval_every=0",
+            "train.warmup_steps=1",
+            "model.n_layers=1",
+            "model.d_model=32",
+            "train.eval_sequences=4",
+            "train.lr=0.05",
+        ]
+    )
     result = train(cfg, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "token_powers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     powers = json.loads((tmp_path / "run" / "token_powers.json").read_text())

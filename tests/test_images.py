@@ -154,8 +154,16 @@ def test_uniform_logits_give_8_bits_per_dim_in_expectation():
 @pytest.mark.parametrize("architecture", ["unet", "uvit"])
 def test_image_denoisers_map_tokens_to_logits_with_labels(architecture):
     cfg = RunConfig(
-        model=ModelConfig(architecture=architecture, n_layers=2, d_model=16, n_heads=2, pixel_features=4,
-                          num_classes=3, time_conditioning=True, **({"patch_size": 2} if architecture == "uvit" else {})),
+        model=ModelConfig(
+            architecture=architecture,
+            n_layers=2,
+            d_model=16,
+            n_heads=2,
+            pixel_features=4,
+            num_classes=3,
+            time_conditioning=True,
+            **({"patch_size": 2} if architecture == "uvit" else {}),
+        ),
         data=DataConfig(format="folder", path="x", image_size=4, channels=3, seq_len=48),
     )
     net = build_denoiser(cfg, 256)
@@ -202,10 +210,20 @@ def write_blob_dataset(root) -> None:
 def test_a_class_conditional_image_run_resumes_exactly(tmp_path):
     """Whole-image batches, their labels and the label dropout continue bit-exactly after a crash."""
     write_blob_dataset(tmp_path)
-    cfg = get_preset("image-tiny").with_overrides([
-        f"data.path={tmp_path}", "data.image_size=8", "data.seq_len=64", "data.valid_fraction=0.1", "model.num_classes=2",
-        "model.label_dropout=0.5", "train.steps=6", "train.batch_size=4", "train.checkpoint_every=3", "train.eval_every=0",
-    ])
+    cfg = get_preset("image-tiny").with_overrides(
+        [
+            f"data.path={tmp_path}",
+            "data.image_size=8",
+            "data.seq_len=64",
+            "data.valid_fraction=0.1",
+            "model.num_classes=2",
+            "model.label_dropout=0.5",
+            "train.steps=6",
+            "train.batch_size=4",
+            "train.checkpoint_every=3",
+            "train.eval_every=0",
+        ]
+    )
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(cfg, straight, progress=False)
     train(cfg, interrupted, progress=False)
@@ -222,12 +240,36 @@ def image_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     write_blob_dataset(root)
     out = root / "run"
-    code = main([
-        "train", "--preset", "image-tiny", "--out", str(out), "--quiet",
-        "--set", f"data.path={root}", "--set", "data.image_size=8", "--set", "data.seq_len=64", "--set", "data.valid_fraction=0.1",
-        "--set", "model.num_classes=2", "--set", "train.steps=40", "--set", "train.batch_size=16", "--set", "train.warmup_steps=5",
-        "--set", "train.eval_every=0", "--set", "train.log_every=10",
-    ])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "image-tiny",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            f"data.path={root}",
+            "--set",
+            "data.image_size=8",
+            "--set",
+            "data.seq_len=64",
+            "--set",
+            "data.valid_fraction=0.1",
+            "--set",
+            "model.num_classes=2",
+            "--set",
+            "train.steps=40",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "train.warmup_steps=5",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "train.log_every=10",
+        ]
+    )
     assert code == 0
     return root, out
 

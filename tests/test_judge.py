@@ -55,8 +55,18 @@ def test_cli_scores_a_samples_file(judge, tmp_path, capsys, monkeypatch):
     assert main(["eval", "--samples", str(path), "--judge", "smollm2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_samples"] == 3 and 1 < result["gen_perplexity"] < 60 and result["judge_tokens"] > 40
-    assert set(result) == {"num_samples", "unigram_entropy", "distinct_1", "distinct_2", "distinct_3", "gen_perplexity",
-                           "gen_nll_per_token", "judge_tokens", "judge", "samples_file"}
+    assert set(result) == {
+        "num_samples",
+        "unigram_entropy",
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "gen_perplexity",
+        "gen_nll_per_token",
+        "judge_tokens",
+        "judge",
+        "samples_file",
+    }
     assert main(["eval", "--samples", str(path), "--judge", "smollm2", "--quiet"]) == 0
     assert "judge perplexity:" in capsys.readouterr().out
 

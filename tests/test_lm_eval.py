@@ -45,11 +45,11 @@ def test_loglikelihood_with_the_oracle_is_log_p_of_the_continuation_given_the_co
         x = torch.tensor([seq])
         context = toy.table[(toy.table[:, :2] == x[:, :2]).all(-1)]  # sequences sharing the first two tokens
         exact = (toy.log_prob(x) - torch.logsumexp(toy.log_prob(context), 0)).item()  # log p(x_3, x_4 | x_1, x_2)
-        (estimate, _), = lm.loglikelihood([request(text[:2], text[2:])])
+        ((estimate, _),) = lm.loglikelihood([request(text[:2], text[2:])])
         # bounded-variance check: 4000 stratified draws of a 2-token continuation
         assert estimate == pytest.approx(exact, abs=0.05), (text, estimate, exact)
     # unconditional: the whole sequence is the continuation and the bound is log p(x)
-    (whole, _), = lm.loglikelihood([request("", "abca")])
+    ((whole, _),) = lm.loglikelihood([request("", "abca")])
     assert whole == pytest.approx(toy.log_prob(torch.tensor([[0, 1, 2, 0]])).item(), abs=0.1)
     # deterministic given the seed
     assert lm.loglikelihood([request("ab", "ca")]) == lm.loglikelihood([request("ab", "ca")])
@@ -80,12 +80,13 @@ def test_local_multiple_choice_task_runs_end_to_end(run_dir, tmp_path):
         {"question": "Speak, fair", "choices": [" lady,", " kqkqk,"], "label": 0},
     ]
     (tmp_path / "tiny.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "tiny_mc.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "tiny_mc.yaml").write_text(
+        textwrap.dedent(f"""\
         task: maskdiff_tiny_mc
         dataset_path: json
         dataset_kwargs:
           data_files:
-            test: {tmp_path / 'tiny.jsonl'}
+            test: {tmp_path / "tiny.jsonl"}
         test_split: test
         output_type: multiple_choice
         doc_to_text: "{{{{question}}}}"
@@ -95,7 +96,8 @@ def test_local_multiple_choice_task_runs_end_to_end(run_dir, tmp_path):
           - metric: acc
             aggregation: mean
             higher_is_better: true
-        """))
+        """)
+    )
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

@@ -1,7 +1,6 @@
 """Runs survive interruption, corruption and bad steps with nothing lost."""
 
 import errno
-import os
 import signal
 import subprocess
 import sys
@@ -12,15 +11,24 @@ import torch
 from safetensors.torch import load_file
 
 import maskdiff.checkpoint as checkpoint_module
-from maskdiff.checkpoint import CHECKPOINTS, LATEST, latest_checkpoint, list_checkpoints, load_run, verify_checkpoint
-from maskdiff.objectives import MaskedDiffusion
+from maskdiff.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints, load_run, verify_checkpoint
 from maskdiff.errors import MaskdiffError
 from maskdiff.metrics import read_metrics
+from maskdiff.objectives import MaskedDiffusion
 from maskdiff.presets import get_preset
 from maskdiff.training import train
 
-SMALL = ["model.n_layers=1", "model.d_model=32", "data.seq_len=32", "train.batch_size=4", "train.log_every=1",
-         "train.eval_every=0", "train.precision=fp32", "train.warmup_steps=2", "train.keep_checkpoints=10"]
+SMALL = [
+    "model.n_layers=1",
+    "model.d_model=32",
+    "data.seq_len=32",
+    "train.batch_size=4",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.precision=fp32",
+    "train.warmup_steps=2",
+    "train.keep_checkpoints=10",
+]
 
 
 def config(corpus, *overrides):
@@ -168,8 +176,7 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(corpus_file, tmp_p
 def test_resume_auto_starts_or_continues(corpus_file, tmp_path, capsys):
     from maskdiff.cli import main
 
-    argv = ["train", "--data", str(corpus_file), "--out", str(tmp_path / "run"), "--quiet", "--resume", "auto",
-            *[f"--set={o}" for o in SMALL]]
+    argv = ["train", "--data", str(corpus_file), "--out", str(tmp_path / "run"), "--quiet", "--resume", "auto", *[f"--set={o}" for o in SMALL]]
     assert main(argv + ["--set=train.steps=2"]) == 0
     assert main(argv + ["--set=train.steps=4"]) == 0
     assert "done: 4 steps" in capsys.readouterr().out

@@ -76,8 +76,7 @@ def test_transition_rules_draw_values_in_proportion_to_their_reveal_chance():
 def test_confidence_is_read_from_the_model_probabilities_when_given():
     logits = torch.log(torch.tensor([[[0.7, 0.3], [0.4, 0.6]]]))
     one_hot = torch.nn.functional.one_hot(logits.argmax(-1), 2).double()  # what temperature 0 draws from
-    drawn = LowConfidence().draw(one_hot, torch.full((1, 2), 0.5, dtype=torch.float64), torch.tensor(0.5), False,
-                                 torch.softmax(logits.double(), -1))
+    drawn = LowConfidence().draw(one_hot, torch.full((1, 2), 0.5, dtype=torch.float64), torch.tensor(0.5), False, torch.softmax(logits.double(), -1))
     assert drawn.values.tolist() == [[0, 1]]
     torch.testing.assert_close(drawn.confidence, torch.tensor([[0.7, 0.6]], dtype=torch.float64))
 

@@ -39,9 +39,7 @@ def test_closed_forms():
     scale = 1 - 2 * EPS
     torch.testing.assert_close(maskdiff.schedules.get("linear").alpha(t), scale * (1 - t) + EPS)
     torch.testing.assert_close(maskdiff.schedules.get("poly2").alpha(t), scale * (1 - t**2) + EPS)
-    torch.testing.assert_close(
-        maskdiff.schedules.get("cosine").alpha(t), scale * (1 - torch.cos(math.pi / 2 * (1 - t))) + EPS
-    )
+    torch.testing.assert_close(maskdiff.schedules.get("cosine").alpha(t), scale * (1 - torch.cos(math.pi / 2 * (1 - t))) + EPS)
     # the linear schedule's weight -alpha'/(1-alpha) is 1/t up to eps
     w = maskdiff.schedules.get("linear").weight(torch.tensor([0.5], dtype=torch.float64))
     assert abs(w.item() - 2.0) < 1e-3

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import lose_checkpoints_after
 from safetensors.torch import load_file
 
-from conftest import lose_checkpoints_after
 from maskdiff import distributed
 from maskdiff.checkpoint import CHECKPOINTS, list_checkpoints, load_run, load_state
 from maskdiff.data import prepare_data
@@ -25,8 +25,13 @@ GOLDEN = Path(__file__).parent / "golden" / "tiny_loss.json"
 def quick(corpus, *overrides):
     """The tiny preset on the test corpus, with short sequences and small batches."""
     base = [
-        f"data.path={corpus}", "data.seq_len=64", "train.batch_size=8", "train.log_every=5",
-        "train.eval_every=0", "train.precision=fp32", "train.warmup_steps=5",
+        f"data.path={corpus}",
+        "data.seq_len=64",
+        "train.batch_size=8",
+        "train.log_every=5",
+        "train.eval_every=0",
+        "train.precision=fp32",
+        "train.warmup_steps=5",
     ]
     return get_preset("tiny").with_overrides(base + list(overrides))
 
@@ -43,8 +48,16 @@ def test_loss_falls(corpus_file, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(corpus_file, tmp_path):
-    cfg = quick(corpus_file, "train.steps=12", "train.checkpoint_every=6", "train.keep_checkpoints=5", "train.eval_every=4",
-                "train.log_every=2", "model.n_layers=2", "model.d_model=64")
+    cfg = quick(
+        corpus_file,
+        "train.steps=12",
+        "train.checkpoint_every=6",
+        "train.keep_checkpoints=5",
+        "train.eval_every=4",
+        "train.log_every=2",
+        "model.n_layers=2",
+        "model.d_model=64",
+    )
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(cfg, straight, progress=False)
     train(cfg, interrupted, progress=False)
@@ -77,8 +90,7 @@ def test_training_refuses_to_overwrite_a_run_and_resume_needs_one(corpus_file, t
 
 
 def test_checkpoints_are_pruned_and_the_run_reloads(corpus_file, tmp_path):
-    cfg = quick(corpus_file, "train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2",
-                "model.n_layers=1", "model.d_model=32")
+    cfg = quick(corpus_file, "train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2", "model.n_layers=1", "model.d_model=32")
     train(cfg, tmp_path / "run", progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000006", "step-000008"]
     assert not list((tmp_path / "run" / CHECKPOINTS).glob(".tmp-*"))
@@ -113,14 +125,34 @@ def test_golden_loss_curve_of_the_tiny_preset(corpus_file, tmp_path):
 
 def test_torchrun_two_processes_train_and_resume_exactly(corpus_file, tmp_path):
     """DDP over gloo on the CPU: a run interrupted after a checkpoint resumes to the same weights."""
-    args = ["--data", str(corpus_file), "--quiet", "--set", "train.steps=4", "--set", "train.checkpoint_every=2",
-            "--set", "train.keep_checkpoints=5", "--set", "model.n_layers=1", "--set", "model.d_model=32",
-            "--set", "data.seq_len=32", "--set", "train.batch_size=4", "--set", "train.grad_accum=2",
-            "--set", "train.log_every=1", "--set", "train.precision=fp32"]
+    args = [
+        "--data",
+        str(corpus_file),
+        "--quiet",
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.keep_checkpoints=5",
+        "--set",
+        "model.n_layers=1",
+        "--set",
+        "model.d_model=32",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.grad_accum=2",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.precision=fp32",
+    ]
 
     def torchrun(*extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "maskdiff", "train", *args, *extra]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "maskdiff", "train", *args, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
@@ -164,9 +196,7 @@ def test_train_state_saves_and_restores_every_part(corpus_file, tmp_path):
         assert outcome.applied
     checkpoint = state.save(tmp_path / "run", ctx, keep=2)
     assert checkpoint == tmp_path / "run" / CHECKPOINTS / "step-000003"
-    assert set(load_state(checkpoint)) == {
-        "step", "optimizer", "scheduler", "data", "noise_generator", "torch_rng", "ema_updates", "skipped_steps"
-    }
+    assert set(load_state(checkpoint)) == {"step", "optimizer", "scheduler", "data", "noise_generator", "torch_rng", "ema_updates", "skipped_steps"}
     rng = torch.get_rng_state()
 
     torch.rand(100)  # the global RNG moves on; restore() must bring it back

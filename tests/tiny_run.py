@@ -8,9 +8,19 @@ from maskdiff.training import train
 
 def train_tiny(run_dir: Path, corpus: Path, steps: int = 6) -> Path:
     """Train a one-layer model for ``steps`` steps on ``corpus``; returns the run folder."""
-    cfg = get_preset("tiny").with_overrides([
-        f"data.path={corpus}", "data.seq_len=32", "model.n_layers=1", "model.d_model=32", "train.batch_size=4",
-        f"train.steps={steps}", "train.eval_every=0", "train.log_every=2", "train.precision=fp32", "train.warmup_steps=2",
-    ])
+    cfg = get_preset("tiny").with_overrides(
+        [
+            f"data.path={corpus}",
+            "data.seq_len=32",
+            "model.n_layers=1",
+            "model.d_model=32",
+            "train.batch_size=4",
+            f"train.steps={steps}",
+            "train.eval_every=0",
+            "train.log_every=2",
+            "train.precision=fp32",
+            "train.warmup_steps=2",
+        ]
+    )
     train(cfg, run_dir, progress=False)
     return run_dir

@@ -145,8 +145,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes, numbers and numpy arrays only (a CIFAR batch), nothing executable."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # how protocol-2 pickles store bytes
     }
 
@@ -240,9 +244,7 @@ def load_npz(path: Path, image_size: int, channels: int) -> tuple[Images, Images
     train = [p for p in files if p not in test]
     if not train:
         raise MaskdiffError(f"{str(path)!r} holds no training .npz files")
-    return concat([read_npz(p, image_size, channels) for p in train]), (
-        concat([read_npz(p, image_size, channels) for p in test]) if test else None
-    )
+    return concat([read_npz(p, image_size, channels) for p in train]), (concat([read_npz(p, image_size, channels) for p in test]) if test else None)
 
 
 # ------------------------------------------------------------------ PNG / JPEG
@@ -382,7 +384,9 @@ def prepare_images(data_cfg, tokenizer: PixelTokenizer | None = None) -> tuple[P
         torch.from_numpy(np.array(parts[name].pixels, copy=True).reshape(-1)) for name in ("train", "valid", "test")
     )
     return tokenizer, ImageSplits(
-        train_tokens, valid_tokens, test_tokens,
+        train_tokens,
+        valid_tokens,
+        test_tokens,
         image_size=data_cfg.image_size,
         channels=data_cfg.channels,
         labels={name: torch.from_numpy(p.labels) for name, p in parts.items()} if has_labels else None,

@@ -7,6 +7,12 @@ from maskdiff.evaluation.evaluate import encode_corpus, evaluate_checkpoint
 from maskdiff.evaluation.results import EvalResult, summarize
 
 __all__ = [
-    "EvalResult", "chain_rule_log_likelihood", "encode_corpus", "evaluate_chain_rule", "evaluate_checkpoint",
-    "evaluate_nelbo", "summarize", "time_for_alpha",
+    "EvalResult",
+    "chain_rule_log_likelihood",
+    "encode_corpus",
+    "evaluate_chain_rule",
+    "evaluate_checkpoint",
+    "evaluate_nelbo",
+    "summarize",
+    "time_for_alpha",
 ]

@@ -93,4 +93,3 @@ def evaluate_chain_rule(
     (``estimator="chain_rule"``, one deterministic estimate per sequence)."""
     log_p = chain_rule_log_likelihood(model, sequences, batch_size, precision, progress)
     return summarize(-log_p[:, None], sequences.shape[1], estimator="chain_rule")
-

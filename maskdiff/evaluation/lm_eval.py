@@ -192,8 +192,16 @@ class MaskdiffLM(LM):
             given = torch.cat([ids, torch.full((new,), self.model.mask_id, dtype=torch.long)])[None].to(self.device_)
             temperature = float(options.get("temperature", 0.0))
             with autocast(self.device_, self.dtype):
-                z = self.model.sample(1, given.shape[1], max(1, min(self.steps, new)), given=given, generator=self._generator(context),
-                                      method=self.method, temperature=temperature, cfg=self.cfg)
+                z = self.model.sample(
+                    1,
+                    given.shape[1],
+                    max(1, min(self.steps, new)),
+                    given=given,
+                    generator=self._generator(context),
+                    method=self.method,
+                    temperature=temperature,
+                    cfg=self.cfg,
+                )
             text = self.tokenizer.decode(z[0, ids.numel() :].tolist())
             for stop in until:
                 if stop and stop in text:

@@ -205,8 +205,18 @@ def generate_images(
     # "auto" follows the run's own precision: image runs on CPUs train in fp32 (bf16 convolutions are slow there)
     dtype = resolve_precision(run.config.train.precision if precision == "auto" else precision, dev)
     result = run_sampler(
-        run.model, num_samples, size * size * channels, steps, options, seed=seed, given=given, labels=labels,
-        device=dev, dtype=dtype, progress=progress, on_step=watch,
+        run.model,
+        num_samples,
+        size * size * channels,
+        steps,
+        options,
+        seed=seed,
+        given=given,
+        labels=labels,
+        device=dev,
+        dtype=dtype,
+        progress=progress,
+        on_step=watch,
     )
     images = tokens_to_images(result.final.z, size, channels)
     save_png(make_grid(images, scale=scale), path)

@@ -114,8 +114,17 @@ def generate_text(
             on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
 
     result = run_sampler(
-        run.model, num_samples, length, steps, options, seed=seed, given=given, device=dev,
-        dtype=resolve_precision(precision, dev), progress=progress, on_step=show,
+        run.model,
+        num_samples,
+        length,
+        steps,
+        options,
+        seed=seed,
+        given=given,
+        device=dev,
+        dtype=resolve_precision(precision, dev),
+        progress=progress,
+        on_step=show,
     )
     cut = options.eos_id if options.truncate_after_eos else None
     texts = [decode(run.tokenizer, row, cut) for row in result.final.z.tolist()]

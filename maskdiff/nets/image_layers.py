@@ -53,11 +53,7 @@ class Condition(nn.Module):
     def __init__(self, cfg: ImageNetConfig, width: int):
         super().__init__()
         self.time_features, self.num_classes, self.label_dropout = cfg.time_features, cfg.num_classes, cfg.label_dropout
-        self.time = (
-            nn.Sequential(nn.Linear(cfg.time_features, width), nn.SiLU(), nn.Linear(width, width))
-            if cfg.time_conditioning
-            else None
-        )
+        self.time = nn.Sequential(nn.Linear(cfg.time_features, width), nn.SiLU(), nn.Linear(width, width)) if cfg.time_conditioning else None
         self.labels = nn.Embedding(cfg.num_classes + 1, width) if cfg.num_classes else None
 
     @property

@@ -147,9 +147,7 @@ class Transformer(nn.Module):
             if cfg.time_conditioning
             else None
         )
-        self.blocks = nn.ModuleList(
-            Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning) for _ in range(cfg.n_layers)
-        )
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_conditioning)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
         self.head = nn.Linear(cfg.d_model, vocab_size)

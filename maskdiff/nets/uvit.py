@@ -75,9 +75,7 @@ class UViT(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, self.grid * self.grid, width))
         self.condition = Condition(cfg, width)
         conditioned = self.condition.enabled
-        self.blocks = nn.ModuleList(
-            Block(width, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, conditioned) for _ in range(cfg.n_layers)
-        )
+        self.blocks = nn.ModuleList(Block(width, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, conditioned) for _ in range(cfg.n_layers))
         self.skips = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(cfg.n_layers // 2))
         self.norm = nn.LayerNorm(width, elementwise_affine=not conditioned)
         self.final_modulation = nn.Linear(width, 2 * width) if conditioned else None

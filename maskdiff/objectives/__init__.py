@@ -22,6 +22,13 @@ OBJECTIVES.add("md4", lambda section, denoiser, vocab: MaskedDiffusion(denoiser,
 OBJECTIVES.add("genmd4", lambda section, denoiser, vocab: GenMD4(denoiser, vocab, power_init=section.power_init, t1=section.t1))
 
 __all__ = [
-    "OBJECTIVES", "Objective", "DiffusionModel", "MaskedDiffusion", "GenMD4", "Denoiser",
-    "mask_tokens", "masked_cross_entropy", "stratified_times",
+    "OBJECTIVES",
+    "Objective",
+    "DiffusionModel",
+    "MaskedDiffusion",
+    "GenMD4",
+    "Denoiser",
+    "mask_tokens",
+    "masked_cross_entropy",
+    "stratified_times",
 ]

@@ -241,5 +241,6 @@ class DiffusionModel(Objective):
         **option_values,
     ) -> Iterator[Step]:
         """Every state of the reverse process (:func:`maskdiff.sampling.iterate`); the last has no mask ids."""
-        return iterate(self, num_samples, length, steps, given=given, generator=generator, device=device,
-                       options=options, labels=labels, **option_values)
+        return iterate(
+            self, num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, **option_values
+        )

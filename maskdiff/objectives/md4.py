@@ -1,7 +1,7 @@
 """MD4: masked diffusion with one masking schedule for every token (docs/method.md).
 
-    continuous:  NELBO = E_t[ w(t) * sum_{masked i} -log mu(z_t, t)_i[x_i] ],  w = -alpha'/(1-alpha)
-    discrete T:  NELBO = E_i[ T * (alpha_s - alpha_t)/(1 - alpha_t) * sum_{masked i} CE ], t = i/T, s = t - 1/T
+continuous:  NELBO = E_t[ w(t) * sum_{masked i} -log mu(z_t, t)_i[x_i] ],  w = -alpha'/(1-alpha)
+discrete T:  NELBO = E_i[ T * (alpha_s - alpha_t)/(1 - alpha_t) * sum_{masked i} CE ], t = i/T, s = t - 1/T
 """
 
 from __future__ import annotations

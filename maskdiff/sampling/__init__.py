@@ -7,13 +7,26 @@ name in :data:`RULES` (:mod:`maskdiff.sampling.rules`).
 """
 
 from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
-from maskdiff.sampling.loop import SamplerOptions, Step, fill_after_eos, iterate, sample
+from maskdiff.sampling.loop import SamplerOptions, Step, fill_after_eos, iterate
 from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext
 from maskdiff.sampling.streams import SampleStreams, splitmix64
 
 __all__ = [
-    "GRIDS", "METHODS", "RULES", "Prediction", "Rule", "SamplerOptions", "Step", "StepContext", "SampleStreams",
-    "categorical", "fill_after_eos", "filter_probs", "iterate", "sample", "splitmix64", "time_grid",
+    "GRIDS",
+    "METHODS",
+    "RULES",
+    "Prediction",
+    "Rule",
+    "SamplerOptions",
+    "Step",
+    "StepContext",
+    "SampleStreams",
+    "categorical",
+    "fill_after_eos",
+    "filter_probs",
+    "iterate",
+    "splitmix64",
+    "time_grid",
 ]
 
 

@@ -48,5 +48,3 @@ def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     index = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).to(cdf.dtype), right=True).squeeze(-1)
     return index.clamp_max(probs.shape[-1] - 1)
-
-

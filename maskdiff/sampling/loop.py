@@ -25,8 +25,8 @@ float64 (float32 noise truncates the tail of the distribution).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -192,7 +192,7 @@ def iterate(
             p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
             last = i == block_steps - 1
             z, revealed = reverse_step(z, scope, float(times[i]), p_reveal, last, rule, options, denoise, streams, all_rows, mask_id)
-            if options.truncate_after_eos and last and block == len(plan) - 1:
+            if options.truncate_after_eos and options.eos_id is not None and last and block == len(plan) - 1:
                 z = fill_after_eos(z, options.eos_id)
             yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed)
 
@@ -241,12 +241,3 @@ def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:
     is_eos = (z == eos_id).long()
     after = (is_eos.cumsum(-1) - is_eos) > 0
     return torch.where(after, eos_id, z)
-
-
-def sample(model, num_samples: int, length: int, steps: int, **options) -> torch.Tensor:
-    """The final state of :func:`iterate`.  -> LongTensor [num_samples, length]"""
-    step = None
-    for step in iterate(model, num_samples, length, steps, **options):
-        pass
-    return step.z
-

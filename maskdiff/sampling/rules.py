@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,8 +32,9 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.registry import Registry
 from maskdiff.sampling.distributions import categorical
 
-if TYPE_CHECKING:
-    from maskdiff.sampling.loop import SamplerOptions
+# the options a rule reads: a maskdiff.sampling.SamplerOptions, which itself asks RULES for the
+# method's name (so this module does not import it: the loop depends on the rules, not the reverse)
+SamplerOptions = Any
 
 
 @dataclass

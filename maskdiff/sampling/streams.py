@@ -44,5 +44,3 @@ class SampleStreams:
         self.offset += count
         bits = splitmix64(self.seeds[:, None] + counter[None] * GOLDEN_GAMMA)
         return _shift_right(bits, 11).double() * 2.0**-53
-
-

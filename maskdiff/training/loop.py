@@ -157,8 +157,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         tqdm.write(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
-            f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
-            + (f" | {ctx.world_size} processes" if ctx.active else "")
+            f"{device.type} {'bf16 autocast' if precision else 'fp32'}" + (f" | {ctx.world_size} processes" if ctx.active else "")
         )
     checkpoint = None
     if resume:
@@ -210,7 +209,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                                 tokens_per_s=window.tokens_per_s,
                                 skipped_steps=state.skipped_steps,
                             )
-                        bar.set_postfix({"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window.tokens_per_s:,.0f}"})
+                        bar.set_postfix(
+                            {"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window.tokens_per_s:,.0f}"}
+                        )
 
                 with window.set_aside():
                     stopping = not distributed.all_agree(stop.requested is None, ctx)
@@ -219,7 +220,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                         if log is not None:
                             log.log(step, valid_bits=result.bits_per_token)
                         if progress:
-                            bar.write(f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}")
+                            bar.write(
+                                f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}"
+                            )
                     if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
                         checkpoint = state.save(run_dir, ctx, tc.keep_checkpoints)
                 if stopping:

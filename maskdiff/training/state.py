@@ -31,7 +31,7 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.training.ema import EMA
-from maskdiff.training.step import make_optimizer, make_scheduler
+from maskdiff.training.optim import make_optimizer, make_scheduler
 
 
 @dataclass
@@ -129,4 +129,3 @@ class TrainState:
         torch.set_rng_state(state["torch_rng"][ctx.rank])
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
-
