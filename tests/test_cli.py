@@ -46,6 +46,7 @@ def trained(corpus_file, tmp_path, capsys):
     return out
 
 
+@pytest.mark.slow
 def test_train_sample_eval_end_to_end(trained, capsys, corpus_file):
     code, out, err = run(capsys, "sample", "--checkpoint", str(trained), "--num-samples", "2", "--length", "20", "--steps", "8", "--quiet")
     assert code == 0
@@ -179,6 +180,7 @@ def test_failed_commands_leave_the_run_folder_intact(trained, capsys):
     assert files == after
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_in_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "maskdiff", "eval", "--checkpoint", str(tmp_path / "none")], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

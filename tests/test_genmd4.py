@@ -231,6 +231,7 @@ def genmd4_oracle_model(toy, powers=(0.6, 1.5, 3.0)):
     return model
 
 
+@pytest.mark.slow
 def test_many_steps_draw_from_p(toy):
     n = 6000
     samples = genmd4_oracle_model(toy).sample(n, toy.L, steps=256, generator=torch.Generator().manual_seed(0))

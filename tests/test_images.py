@@ -207,6 +207,7 @@ def write_blob_dataset(root) -> None:
     Image.fromarray(test_pixels[0, ..., 0]).save(root / "given.png")
 
 
+@pytest.mark.slow
 def test_a_class_conditional_image_run_resumes_exactly(tmp_path):
     """Whole-image batches, their labels and the label dropout continue bit-exactly after a crash."""
     write_blob_dataset(tmp_path)
@@ -274,6 +275,7 @@ def image_run(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow
 def test_image_tiny_trains_below_8_bits_per_dim(image_run, capsys):
     root, out = image_run
     assert main(["eval", "--checkpoint", str(out), "--json", "--quiet"]) == 0

@@ -39,6 +39,7 @@ def judge():
     return load_judge("smollm2")
 
 
+@pytest.mark.slow
 def test_judge_perplexity_of_real_text_is_far_below_that_of_shuffled_text(judge):
     real = sample_quality(PROSE, judge)
     mixed = sample_quality(shuffled(PROSE), judge)
@@ -48,6 +49,7 @@ def test_judge_perplexity_of_real_text_is_far_below_that_of_shuffled_text(judge)
     assert real.judge_tokens == pytest.approx(mixed.judge_tokens, rel=0.3) and real.judge == "smollm2"
 
 
+@pytest.mark.slow
 def test_cli_scores_a_samples_file(judge, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(judge_module, "load_judge", lambda name, device="cpu": judge)  # one load per session
     path = tmp_path / "samples.txt"

@@ -71,6 +71,7 @@ def run_dir(tmp_path_factory):
     return train_tiny(root / "run", root / "corpus.txt", steps=10)
 
 
+@pytest.mark.slow
 def test_local_multiple_choice_task_runs_end_to_end(run_dir, tmp_path):
     import json
 

@@ -30,6 +30,8 @@ SMALL = [
     "train.keep_checkpoints=10",
 ]
 
+pytestmark = pytest.mark.slow  # every test here trains runs and damages or interrupts them
+
 
 def config(corpus, *overrides):
     return get_preset("tiny").with_overrides([f"data.path={corpus}", *SMALL, *overrides])

@@ -38,6 +38,7 @@ def seed(n):
     return torch.Generator().manual_seed(n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ancestral", "mean"])
 def test_many_steps_draw_from_p(toy, method):
     n = 6000

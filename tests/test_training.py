@@ -36,6 +36,7 @@ def quick(corpus, *overrides):
     return get_preset("tiny").with_overrides(base + list(overrides))
 
 
+@pytest.mark.slow
 def test_loss_falls(corpus_file, tmp_path):
     cfg = quick(corpus_file, "train.steps=60", "model.n_layers=2", "model.d_model=64", "train.lr=3e-3")
     result = train(cfg, tmp_path / "run", progress=False)
@@ -47,6 +48,7 @@ def test_loss_falls(corpus_file, tmp_path):
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run_exactly(corpus_file, tmp_path):
     cfg = quick(
         corpus_file,
@@ -111,6 +113,7 @@ def golden_curve(corpus_file, tmp_path):
     return [float(r["train_loss"]) for r in read_metrics(tmp_path / "golden" / "metrics.csv") if r["train_loss"]]
 
 
+@pytest.mark.slow
 def test_golden_loss_curve_of_the_tiny_preset(corpus_file, tmp_path):
     """Silent changes to the objective, the model or the trainer move this curve.
 
@@ -123,6 +126,7 @@ def test_golden_loss_curve_of_the_tiny_preset(corpus_file, tmp_path):
     assert curve == pytest.approx(expected, rel=2e-3)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_resume_exactly(corpus_file, tmp_path):
     """DDP over gloo on the CPU: a run interrupted after a checkpoint resumes to the same weights."""
     args = [
