@@ -350,7 +350,7 @@ def print_results(results: list[Result], peaks: dict, threads: int, warmup: int)
         "MFLOP/tok",
         "GFLOP/s",
         "MFU",
-        "DESIGN ref (ours/ref)",
+        "target tok/s (ours/target)",
     ]
     rows = []
     for r in results:
