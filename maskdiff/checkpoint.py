@@ -50,6 +50,11 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step a checkpoint folder was written at (-1 for a folder not named by :func:`checkpoint_name`)."""
+    return int(checkpoint.name.split("-")[-1]) if checkpoint.name.startswith("step-") else -1
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -243,5 +248,4 @@ def load_run(path: str | Path, weights: str = "ema", device: torch.device | str 
         file = checkpoint / "model.safetensors"
     load_weights(model, file)
     model.to(device).eval()
-    step = int(checkpoint.name.split("-")[-1]) if checkpoint.name.startswith("step-") else -1
-    return LoadedRun(config, tokenizer, model, run_dir, checkpoint, step)
+    return LoadedRun(config, tokenizer, model, run_dir, checkpoint, checkpoint_step(checkpoint))

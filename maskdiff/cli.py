@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from maskdiff.checkpoint import latest_checkpoint, run_modality
+from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
@@ -21,7 +21,7 @@ from maskdiff.evaluation.judge import evaluate_samples
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.presets import PRESETS, get_preset
 from maskdiff.sampling import GRIDS, RULES
-from maskdiff.training import train
+from maskdiff.training import check_resume_config, train
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -39,22 +39,27 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     if args.data is not None:
         overrides.append(f"data.path={args.data}")
-    resume = args.resume == "yes"
-    if args.resume == "auto":  # continue the run in --out if it has a checkpoint, else start it
-        if args.out is None:
-            raise MaskdiffError("--resume auto needs --out DIR")
-        resume = latest_checkpoint(Path(args.out)) is not None
+    if args.resume is not None and args.out is None:
+        raise MaskdiffError(f"--resume{' auto' if args.resume == 'auto' else ''} needs --out DIR, the run folder to continue")
+    latest = latest_checkpoint(Path(args.out)) if args.out else None
+    # --resume auto: continue the run in --out if it has a checkpoint, else start it
+    resume = args.resume == "yes" or (args.resume == "auto" and latest is not None)
     if resume:
-        if args.out is None:
-            raise MaskdiffError("--resume needs --out DIR, the run folder to continue")
-        if args.preset is not None and args.resume != "auto":
-            raise MaskdiffError("--resume continues the run's own config; drop --preset (use --set to change values)")
-        cfg = RunConfig.load(Path(args.out) / "config.json")
         run_dir = Path(args.out)
+        cfg = RunConfig.load(run_dir / "config.json")
+        if args.preset is not None and args.preset != cfg.preset:
+            raise MaskdiffError(
+                f"{run_dir} holds a run of preset {cfg.preset!r}, not {args.preset!r}: resume it with --preset {cfg.preset} "
+                "(or no --preset), or start the other preset in another --out"
+            )
+        cfg = cfg.with_overrides(overrides)
+        check_resume_config(run_dir, cfg)
+        if args.resume == "auto" and latest is not None and checkpoint_step(latest) >= cfg.train.steps:
+            print(f"{run_dir} already finished {checkpoint_step(latest)} of train.steps={cfg.train.steps} steps; nothing to do")
+            return 0
     else:
-        cfg = get_preset(args.preset or "tiny")
+        cfg = get_preset(args.preset or "tiny").with_overrides(overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = cfg.with_overrides(overrides)
     result = train(cfg, run_dir, resume=resume, progress=not args.quiet)
     if not result.is_main:
         return 0

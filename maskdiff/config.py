@@ -255,6 +255,35 @@ class RunConfig:
         return cls.from_dict(_upgrade(raw))
 
 
+# what may differ between a run's saved config and the config it resumes with: how long it runs
+# and how it reports, checkpoints and computes; everything else (model, objective, data,
+# tokenizer, batch, optimizer, seed) defines the run and stays as it was
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_sequences",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_bad_steps",
+    "train.precision",
+    "train.device",
+)
+
+
+def resume_conflicts(saved: RunConfig, wanted: RunConfig) -> list[str]:
+    """The keys outside :data:`RESUMABLE_KEYS` whose values differ, as ``key (V in the run, W asked)``."""
+    old, new = saved.to_dict(), wanted.to_dict()
+    out = []
+    for section in SECTION_ORDER:
+        for key in sorted(set(old[section]) | set(new[section])):
+            name = f"{section}.{key}"
+            before, after = old[section].get(key), new[section].get(key)
+            if before != after and name not in RESUMABLE_KEYS:
+                out.append(f"{name} ({before!r} in the run, {after!r} asked)")
+    return out
+
+
 def _keep_known(values: dict, section_cls: type[Section]) -> dict:
     """The values of ``section_cls``'s fields among ``values``."""
     known = section_cls.docs()

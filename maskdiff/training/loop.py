@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint
-from maskdiff.config import RunConfig
+from maskdiff.config import RESUMABLE_KEYS, RunConfig, resume_conflicts
 from maskdiff.data import chunks, prepare_data
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
@@ -59,6 +59,19 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             raise MaskdiffError(f"cannot resume: {str(run_dir)!r} holds no checkpoint")
     elif latest_checkpoint(run_dir) is not None or (run_dir / "config.json").exists():
         raise MaskdiffError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """The run's saved config, after checking that ``cfg`` changes only what a resume may change
+    (:data:`maskdiff.config.RESUMABLE_KEYS`); every other difference is refused in one line."""
+    saved = RunConfig.load(run_dir / "config.json")
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise MaskdiffError(
+            f"cannot change on resume: {'; '.join(conflicts)}. A resumed run may change only "
+            f"{', '.join(RESUMABLE_KEYS)}; start a new run (another --out) for the rest"
+        )
+    return saved
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
@@ -151,6 +164,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     # set up: check the run folder and the data, build the state and restore it; a failed
     # start writes nothing
     check_run_dir(run_dir, resume)
+    saved = check_resume_config(run_dir, cfg) if resume else None
     tokenizer, splits = prepare_data(cfg.data, load_tokenizer(run_dir / "tokenizer.json") if resume else None)
     state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx.rank)
     if progress:
@@ -162,7 +176,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     checkpoint = None
     if resume:
         checkpoint = resume_checkpoint(run_dir)
-        state.restore(checkpoint, ctx)
+        state.restore(checkpoint, ctx, previous_steps=saved.train.steps if saved else None)
         if state.step >= tc.steps:
             raise MaskdiffError(f"the run already finished {state.step} of train.steps={tc.steps}; raise train.steps to go on")
     write_run_files(run_dir, cfg, tokenizer, resume, ctx)

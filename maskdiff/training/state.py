@@ -31,7 +31,7 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.training.ema import EMA
-from maskdiff.training.optim import make_optimizer, make_scheduler
+from maskdiff.training.optim import lr_schedule, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -107,11 +107,14 @@ class TrainState:
         distributed.barrier(ctx)
         return checkpoint
 
-    def restore(self, checkpoint: str | Path, ctx: distributed.Context) -> None:
+    def restore(self, checkpoint: str | Path, ctx: distributed.Context, previous_steps: int | None = None) -> None:
         """Load every part of the state from ``checkpoint`` (a folder written by :meth:`save`).
 
         The run must resume with as many processes as it was trained with; this process takes
-        the data position, noise and torch RNG of its own rank.
+        the data position, noise and torch RNG of its own rank. When this state was created for
+        a different ``train.steps`` than the checkpoint's run, the learning-rate decay is
+        re-planned from the rate reached, so it continues without a jump; ``previous_steps`` is
+        the run's earlier ``train.steps``, needed only for checkpoints that predate saved schedules.
         """
         checkpoint = Path(checkpoint)
         state = load_state(checkpoint)
@@ -123,9 +126,15 @@ class TrainState:
             load_weights(self.ema.module, checkpoint / "ema.safetensors")
             self.ema.updates = state["ema_updates"]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        schedule = lr_schedule(self.scheduler)
+        wanted_total = schedule.total
+        self.scheduler.load_state_dict(state["scheduler"])  # restores the schedule's plan too
+        if state["scheduler"].get("lr_lambdas", [None])[0] is None and previous_steps is not None:
+            schedule.total = previous_steps  # a checkpoint from before schedules were saved
         self.batches.load_state_dict(state["data"][ctx.rank])
         self.noise.set_state(state["noise_generator"][ctx.rank])
         torch.set_rng_state(state["torch_rng"][ctx.rank])
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        if schedule.total != wanted_total:
+            schedule.replan(self.step, wanted_total)
