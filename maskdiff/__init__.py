@@ -19,6 +19,7 @@ from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig,
 from maskdiff.errors import MaskdiffError  # noqa: E402
 from maskdiff.nets import Transformer  # noqa: E402
 from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: E402
+from maskdiff.runs import Run, load  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -30,6 +31,8 @@ __all__ = [
     "sampling",
     "schedules",
     "training",
+    "load",
+    "Run",
     "MaskedDiffusion",
     "GenMD4",
     "Objective",

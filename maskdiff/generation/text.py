@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from maskdiff.checkpoint import load_run
+from maskdiff.checkpoint import LoadedRun, load_run
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.frontend import run_sampler
 from maskdiff.hardware import resolve_device, resolve_precision
@@ -85,15 +85,51 @@ def generate_text(
     on_step: Callable[[Step, list[str]], None] | None = None,
     **sampler_options,
 ) -> Generation:
-    """Sample ``num_samples`` texts of ``length`` tokens (default: the run's sequence length).
+    """Sample ``num_samples`` texts of ``length`` tokens (default: the run's sequence length) from
+    the run in ``checkpoint`` (a run folder or one of its checkpoints); see :func:`generate_from_run`."""
+    dev = resolve_device(device)
+    run = load_run(checkpoint, weights=weights, device=dev)
+    return generate_from_run(
+        run,
+        num_samples,
+        length,
+        steps,
+        seed,
+        prompt,
+        infill,
+        eos,
+        dev,
+        resolve_precision(precision, dev),
+        progress,
+        on_step,
+        **sampler_options,
+    )
+
+
+def generate_from_run(
+    run: LoadedRun,
+    num_samples: int = 4,
+    length: int | None = None,
+    steps: int = 256,
+    seed: int = 0,
+    prompt: str | None = None,
+    infill: str | None = None,
+    eos: str | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    on_step: Callable[[Step, list[str]], None] | None = None,
+    **sampler_options,
+) -> Generation:
+    """Sample ``num_samples`` texts from a loaded run, with a ``prompt`` or an ``infill`` template.
 
     ``sampler_options`` are fields of :class:`maskdiff.sampling.SamplerOptions` (method, grid,
     temperature, top_k, top_p, cfg, min_length, truncate_after_eos, ...). ``eos`` is the text of
-    the end-of-text token. ``on_step(step, texts)`` sees every intermediate state with masks
-    shown as underscores.
+    the end-of-text token. ``dtype`` is the autocast precision (None: fp32). ``on_step(step,
+    texts)`` sees every intermediate state with masks shown as underscores.
     """
-    dev = resolve_device(device)
-    run = load_run(checkpoint, weights=weights, device=dev)
+    if num_samples < 1:
+        raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
     mask_id = run.model.mask_id
     length = run.config.data.seq_len if length is None else length
     given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
@@ -121,8 +157,8 @@ def generate_text(
         options,
         seed=seed,
         given=given,
-        device=dev,
-        dtype=resolve_precision(precision, dev),
+        device=device,
+        dtype=dtype,
         progress=progress,
         on_step=show,
     )
