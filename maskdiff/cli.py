@@ -19,6 +19,7 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
 from maskdiff.generation import generate_images, generate_text, join_samples
+from maskdiff.generation.frontend import check_output_path
 from maskdiff.presets import PRESETS, get_preset
 from maskdiff.sampling import GRIDS, RULES
 from maskdiff.training import check_resume_config, train
@@ -139,6 +140,9 @@ def _sample_text(args) -> int:
     if used:
         raise MaskdiffError(f"{', '.join(used)} apply to image runs; this run models text")
 
+    if args.output:
+        check_output_path(args.output, "samples file")
+
     def show(step, texts: list[str]) -> None:
         print(f"--- step {step.index}/{step.total}  t={step.t:.3f}  nfe={step.nfe}", file=sys.stderr)
         for text in texts:
@@ -155,16 +159,19 @@ def _sample_text(args) -> int:
         eos=args.eos,
         weights=args.weights,
         precision=args.precision,
-        progress=not args.quiet,
+        progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
         min_length=args.min_length,
         truncate_after_eos=args.eos is not None,
         **_rule_options(args),
     )
     output = join_samples(gen.texts)
+    print(output)  # first, so that a late failure to write --output loses nothing
     if args.output:
-        Path(args.output).write_text(output + "\n", encoding="utf-8")
-    print(output)
+        try:
+            Path(args.output).write_text(output + "\n", encoding="utf-8")
+        except OSError as err:
+            raise MaskdiffError(f"could not write {args.output!r} ({err.strerror or err}); the samples are printed above") from None
     print(
         f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {gen.nfe} network evaluations]",
         file=sys.stderr,

@@ -226,20 +226,19 @@ class RunConfig:
         keeping the values of the fields both types have.
         """
         raw = self.to_dict()
+        problems = []  # every bad override is reported, together with the config's own problems
         for item in overrides:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise MaskdiffError(f"override {item!r} is not of the form section.key=value")
-            section, _, name = key.strip().partition(".")
-            section_cls = section_type(section, raw.get(section, {})) if section in SECTION_ORDER else None
-            if section_cls is None or name not in section_cls.docs():
-                if section == "model" and section_cls is not None:
-                    raise MaskdiffError(f"invalid config: {_misplaced_model_key(name)}{_suggest(key.strip(), self)}")
-                raise MaskdiffError(f"unknown config key {key.strip()!r}{_suggest(key.strip(), self)}")
-            raw[section][name] = parse_value(section_cls, section, name, text.strip())
-            if section == "model" and name == "architecture":
-                raw["model"] = _keep_known(raw["model"], model_section_type(raw["model"]["architecture"]))
-        return RunConfig.from_dict(raw)
+            try:
+                _apply_override(raw, item, self)
+            except MaskdiffError as err:
+                problems.append(str(err).removeprefix("invalid config: "))
+        try:
+            cfg = RunConfig.from_dict(raw)
+        except MaskdiffError as err:
+            problems.append(str(err).removeprefix("invalid config: "))
+        if problems:
+            raise MaskdiffError("invalid config: " + "; ".join(problems))
+        return cfg
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -282,6 +281,22 @@ def resume_conflicts(saved: RunConfig, wanted: RunConfig) -> list[str]:
             if before != after and name not in RESUMABLE_KEYS:
                 out.append(f"{name} ({before!r} in the run, {after!r} asked)")
     return out
+
+
+def _apply_override(raw: dict, item: str, cfg: RunConfig) -> None:
+    """Set one ``section.key=value`` in the raw dict of ``cfg``, the value parsed by the field's type."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise MaskdiffError(f"override {item!r} is not of the form section.key=value")
+    section, _, name = key.strip().partition(".")
+    section_cls = section_type(section, raw.get(section, {})) if section in SECTION_ORDER else None
+    if section_cls is None or name not in section_cls.docs():
+        if section == "model" and section_cls is not None:
+            raise MaskdiffError(f"{_misplaced_model_key(name)}{_suggest(key.strip(), cfg)}")
+        raise MaskdiffError(f"unknown config key {key.strip()!r}{_suggest(key.strip(), cfg)}")
+    raw[section][name] = parse_value(section_cls, section, name, text.strip())
+    if section == "model" and name == "architecture":
+        raw["model"] = _keep_known(raw["model"], model_section_type(raw["model"]["architecture"]))
 
 
 def _keep_known(values: dict, section_cls: type[Section]) -> dict:

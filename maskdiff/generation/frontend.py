@@ -7,13 +7,16 @@ conditioning from their kind of input and turn the final state into their kind o
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff.errors import MaskdiffError
 from maskdiff.hardware import autocast
 from maskdiff.objectives import Objective
 from maskdiff.sampling import SamplerOptions, Step
@@ -44,14 +47,35 @@ def run_sampler(
     """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included)."""
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    step = None
     states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels)
-    with autocast(device or torch.device("cpu"), dtype), tqdm(desc="sample", unit="step", disable=not progress, leave=False) as bar:
-        for step in states:
-            bar.total = step.total
-            bar.update(step.index - bar.n)
-            bar.set_postfix(nfe=step.nfe)
-            if on_step is not None:
-                on_step(step)
-    assert step is not None  # iterate always yields the initial state
+    with autocast(device or torch.device("cpu"), dtype):
+        first = next(states)  # the initial state: a problem with the request shows here, before any progress bar
+        step = first
+        with tqdm(total=first.total, desc="sample", unit="step", disable=not progress, leave=False) as bar:
+            for step in itertools.chain([first], states):
+                bar.update(step.index - bar.n)
+                bar.set_postfix(nfe=step.nfe)
+                if on_step is not None:
+                    on_step(step)
     return Sampled(step, time.perf_counter() - start)
+
+
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """Refuse an output file that cannot be written, before any work is done.
+
+    The file is opened for appending (and removed again if it did not exist), so a folder, a
+    missing or read-only folder, or a path under /proc fails here, not after minutes of sampling.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MaskdiffError(f"the {what} {str(path)!r} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise MaskdiffError(f"cannot write the {what} {str(path)!r}: {err.strerror or err}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return path

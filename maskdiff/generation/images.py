@@ -9,6 +9,8 @@ pixel with any sub-pixel still masked is drawn in :data:`MASK_COLOR`.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 from maskdiff.checkpoint import load_run
 from maskdiff.data.images import images_to_tokens, read_image_file, tokens_to_images
 from maskdiff.errors import MaskdiffError
-from maskdiff.generation.frontend import run_sampler
+from maskdiff.generation.frontend import check_output_path, run_sampler
 from maskdiff.hardware import resolve_device, resolve_precision
 from maskdiff.sampling import SamplerOptions, Step
 
@@ -192,6 +194,10 @@ def generate_images(
     path = Path(output) if output is not None else default_output(run.run_dir, inpaint is not None)
     if path.suffix.lower() != ".png":
         raise MaskdiffError(f"the sample grid is a PNG file; {str(path)!r} does not end in .png")
+    check_output_path(path, "sample grid")
+    steps_path = None
+    if show_steps:
+        steps_path = check_output_path(Path(steps_output) if steps_output else path.with_name(path.stem + "-steps.gif"), "animation")
 
     record = set(np.linspace(0, steps, min(steps + 1, GIF_FRAMES)).round().astype(int).tolist()) if show_steps else set()
     frames: list[np.ndarray] = []
@@ -219,9 +225,19 @@ def generate_images(
         on_step=watch,
     )
     images = tokens_to_images(result.final.z, size, channels)
-    save_png(make_grid(images, scale=scale), path)
-    steps_path = None
-    if show_steps:
-        steps_path = Path(steps_output) if steps_output is not None else path.with_name(path.stem + "-steps.gif")
-        save_animation(frames, steps_path)
+    save_keeping_the_work(lambda where: save_png(make_grid(images, scale=scale), where), path, ".png")
+    if steps_path is not None:
+        save_keeping_the_work(lambda where: save_animation(frames, where), steps_path, steps_path.suffix)
     return ImageGeneration(images, path, steps_path, result.seconds, result.final.nfe)
+
+
+def save_keeping_the_work(save: Callable[[Path], object], path: Path, suffix: str) -> None:
+    """``save(path)``; if that fails after all (disk full, the folder removed meanwhile), save to a
+    temporary file instead and say where, so the samples are not lost."""
+    try:
+        save(path)
+    except OSError as err:
+        handle, fallback = tempfile.mkstemp(prefix="maskdiff-", suffix=suffix)
+        os.close(handle)
+        save(Path(fallback))
+        raise MaskdiffError(f"could not write {str(path)!r} ({err.strerror or err}); the result is in {fallback}") from None
