@@ -13,36 +13,47 @@ docs/architecture.md maps the modules; the sub-packages are importable from here
 
 __version__ = "0.1.0"  # the one place the version is stated (pyproject.toml reads it)
 
-from maskdiff import data, evaluation, generation, nets, objectives, sampling, schedules, training  # noqa: E402
-from maskdiff.checkpoint import LoadedRun, load_run  # noqa: E402
-from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from maskdiff.errors import MaskdiffError  # noqa: E402
-from maskdiff.nets import Transformer  # noqa: E402
-from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: E402
-from maskdiff.runs import Run, load  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "__version__",
-    "data",
-    "evaluation",
-    "generation",
-    "nets",
-    "objectives",
-    "sampling",
-    "schedules",
-    "training",
-    "load",
-    "Run",
-    "MaskedDiffusion",
-    "GenMD4",
-    "Objective",
-    "Transformer",
-    "MaskdiffError",
-    "LoadedRun",
-    "load_run",
-    "RunConfig",
-    "ModelConfig",
-    "DiffusionConfig",
-    "DataConfig",
-    "TrainConfig",
-]
+# Loaded on first use (PEP 562), so that `import maskdiff` and the `maskdiff` command start without
+# importing torch up front, and a Ctrl-C during that import ends quietly (maskdiff/launch.py).
+SUBMODULES = ("data", "evaluation", "generation", "nets", "objectives", "sampling", "schedules", "training")
+EXPORTS = {
+    "load": "maskdiff.runs",
+    "Run": "maskdiff.runs",
+    "MaskedDiffusion": "maskdiff.objectives",
+    "GenMD4": "maskdiff.objectives",
+    "Objective": "maskdiff.objectives",
+    "Transformer": "maskdiff.nets",
+    "MaskdiffError": "maskdiff.errors",
+    "LoadedRun": "maskdiff.checkpoint",
+    "load_run": "maskdiff.checkpoint",
+    "RunConfig": "maskdiff.config",
+    "ModelConfig": "maskdiff.config",
+    "DiffusionConfig": "maskdiff.config",
+    "DataConfig": "maskdiff.config",
+    "TrainConfig": "maskdiff.config",
+}
+__all__ = ["__version__", *SUBMODULES, *EXPORTS]
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from maskdiff import data, evaluation, generation, nets, objectives, sampling, schedules, training  # noqa: F401
+    from maskdiff.checkpoint import LoadedRun, load_run  # noqa: F401
+    from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: F401
+    from maskdiff.errors import MaskdiffError  # noqa: F401
+    from maskdiff.nets import Transformer  # noqa: F401
+    from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: F401
+    from maskdiff.runs import Run, load  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in SUBMODULES:
+        return importlib.import_module(f"maskdiff.{name}")
+    if name in EXPORTS:
+        return getattr(importlib.import_module(EXPORTS[name]), name)
+    raise AttributeError(f"module 'maskdiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,6 @@
 """``python -m maskdiff`` (and ``torchrun -m maskdiff``) runs the CLI."""
 
-from maskdiff.cli import main
+from maskdiff.launch import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

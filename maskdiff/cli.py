@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
@@ -20,6 +22,7 @@ from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
+from maskdiff.hardware import choose_threads
 from maskdiff.presets import PRESETS, get_preset
 from maskdiff.sampling import GRIDS, RULES
 from maskdiff.training import check_resume_config, train
@@ -258,6 +261,10 @@ def rule_summaries() -> str:
     return "; ".join(f"{name} ({rule.summary()})" for name, rule in RULES.items())
 
 
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: auto, all cores, or 1 while other processes keep the cores busy)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="maskdiff", description="Masked discrete diffusion: train, sample and evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -280,6 +287,7 @@ def build_parser() -> Parser:
         help="continue the run in --out from its newest intact checkpoint; '--resume auto' starts the run if it has none",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser(
@@ -322,6 +330,7 @@ def build_parser() -> Parser:
     p.add_argument("--show-steps", action="store_true", help="print every intermediate state to stderr (masks as _); images: write FILE-steps.gif")
     p.add_argument("--output", "--out", metavar="FILE", help="text: also write the samples to FILE; images: the PNG grid (default RUN/samples.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads(p)
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser(
@@ -359,6 +368,7 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
@@ -374,7 +384,10 @@ def one_line(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``maskdiff`` command."""
     args = build_parser().parse_args(argv)
+    previous_threads = torch.get_num_threads()
     try:
+        if "threads" in args:
+            torch.set_num_threads(choose_threads(args.threads))
         return args.handler(args)
     except MaskdiffError as err:
         if args.debug:
@@ -396,3 +409,5 @@ def main(argv: list[str] | None = None) -> int:
             f"maskdiff {args.command}: internal error: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr
         )
         return EXIT_ERROR
+    finally:
+        torch.set_num_threads(previous_threads)  # in-process callers (tests, notebooks) keep their own setting

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import torch
 
@@ -22,6 +24,60 @@ def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matmuls (AVX512-BF16 or AMX); elsewhere bf16 is emulated and far slower."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def other_busy_cores(seconds: float = 0.1) -> float | None:
+    """Cores kept busy by other processes over a short window (Linux /proc/stat), or None where unknown."""
+
+    def busy() -> float:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    try:
+        start_busy, start_own, start = busy(), time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        others = (busy() - start_busy) - (time.process_time() - start_own)
+        return max(0.0, others) / (time.perf_counter() - start)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """How many threads torch should use: ``requested`` when given, else the ``--threads auto`` policy.
+
+    auto: this process's share of the cores (all of them, divided among the processes of a
+    ``torchrun`` job on this machine), except when other processes already keep at least half a
+    core busy: then 1. Sharing cores with a busy process, extra threads mostly wait for each other,
+    which made sampling 10-30x slower (benchmarks/threads.py; the table is in the README).
+    """
+    if requested is not None:
+        if requested < 1:
+            raise MaskdiffError(f"--threads must be >= 1, got {requested}")
+        return requested
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = max(1, (os.cpu_count() or 1) // local_processes)
+    if share > 1 and (other_busy_cores() or 0.0) >= 0.5:
+        return 1
+    return share
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions that matter here (avx512_bf16, amx, avx2)."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    shown = [flag for flag in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if flag in flags]
+    return f"{name} ({', '.join(shown) or 'no AVX2'})"
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

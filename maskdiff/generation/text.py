@@ -128,8 +128,6 @@ def generate_from_run(
     the end-of-text token. ``dtype`` is the autocast precision (None: fp32). ``on_step(step,
     texts)`` sees every intermediate state with masks shown as underscores.
     """
-    if num_samples < 1:
-        raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
     mask_id = run.model.mask_id
     length = run.config.data.seq_len if length is None else length
     given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)

@@ -1,0 +1,16 @@
+"""The ``maskdiff`` command's entry point. It imports the command line (and with it torch) inside
+``main``, so that Ctrl-C while torch loads ends with one line instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``maskdiff`` command (see :mod:`maskdiff.cli`)."""
+    try:
+        from maskdiff.cli import main as run_command
+    except KeyboardInterrupt:
+        print("maskdiff: interrupted", file=sys.stderr)
+        return 130
+    return run_command(argv)
