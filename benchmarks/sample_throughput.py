@@ -17,6 +17,7 @@ from collections import deque
 import torch
 
 from maskdiff.checkpoint import load_run
+from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.hardware import autocast, resolve_precision
 from maskdiff.models import build_model
 from maskdiff.presets import get_preset
@@ -47,7 +48,7 @@ def main() -> None:
         model, length = run.model, run.config.data.seq_len
     else:
         cfg = get_preset("tiny")
-        model = build_model(cfg, vocab_size=84, seed=0).eval()
+        model = build_model(cfg, vocab_size=BUILT_IN_VOCAB_SIZE, seed=0).eval()
         with torch.no_grad():  # a zero head would make every prediction uniform; make them peaked
             model.get_parameter("denoiser.head.weight").normal_(std=0.5)
         length = cfg.data.seq_len

@@ -25,13 +25,14 @@ from collections.abc import Callable
 import torch
 
 from maskdiff.data import Splits
+from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.evaluation import evaluate_nelbo
 from maskdiff.hardware import cpu_description, resolve_precision
 from maskdiff.models import build_model
 from maskdiff.presets import get_preset
 from maskdiff.training import TrainState, train_step
 
-VOCAB = 84  # the built-in corpus's characters
+VOCAB = BUILT_IN_VOCAB_SIZE
 
 
 def sampling(preset: str, samples: int, steps: int) -> Callable[[], None]:

@@ -11,7 +11,7 @@ What it measures
      (the loss ``model(x0, generator).mean() / seq_len`` under ``maskdiff.hardware.autocast``
      with the precision from ``resolve_precision``, backward, gradient clipping and the finite
      check, optimizer step, EMA update, LR schedule; grad_accum = 1). Batches are random crops
-     of random token ids (vocabulary 84, the size of the built-in character corpus) drawn up
+     of random token ids (the vocabulary of the built-in character corpus) drawn up
      front from the state's batch stream, so data loading is not timed. After a few
      warm-up steps it times at least ``--steps`` steps and ``--min-time`` seconds and reports
      tokens/s, the median step time, model FLOPs per token (``Transformer.flops_per_token``),
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import torch
 
 from maskdiff.data import Splits
+from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
 from maskdiff.presets import get_preset
 from maskdiff.training import StepOutcome, TrainState, train_step
@@ -412,7 +413,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size")
     parser.add_argument("--batch", type=int, default=32, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence [default: the preset's, 128 for tiny, 256 otherwise]")
-    parser.add_argument("--vocab", type=int, default=84, help="vocabulary size V (the built-in corpus has 84 characters)")
+    parser.add_argument("--vocab", type=int, default=BUILT_IN_VOCAB_SIZE, help="vocabulary size V (default: the built-in corpus's characters)")
     parser.add_argument(
         "--time-conditioning",
         choices=("on", "off", "both"),

@@ -23,7 +23,7 @@ from maskdiff.evaluation.judge import evaluate_samples
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
-from maskdiff.presets import PRESETS, get_preset
+from maskdiff.presets import PRESETS, get_preset, parameter_count
 from maskdiff.sampling import GRIDS, RULES
 from maskdiff.training import check_resume_config, train
 
@@ -246,8 +246,9 @@ def eval_samples(args) -> int:
 def cmd_presets(args) -> int:
     if args.show is None:
         width = max(map(len, PRESETS))
+        print(f"{'preset':{width}s}  {'params':>7s}  (network without input embedding; text: the built-in corpus's characters)")
         for name, fn in PRESETS.items():
-            print(f"{name:{width}s}  {(fn.__doc__ or '').strip()}")
+            print(f"{name:{width}s}  {parameter_count(fn()) / 1e6:6.2f}M  {(fn.__doc__ or '').strip()}")
         return 0
     for name, section in get_preset(args.show).sections().items():
         for key, doc in section.docs().items():

@@ -6,7 +6,7 @@ import torch
 from maskdiff import assets
 from maskdiff.config import DataConfig
 from maskdiff.data import chunks, prepare_data, read_text
-from maskdiff.data.text import RandomCrops, default_corpus, split_tokens
+from maskdiff.data.text import BUILT_IN_VOCAB_SIZE, RandomCrops, default_corpus, split_tokens
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer, load_tokenizer
 
@@ -81,6 +81,7 @@ def test_built_in_corpus_is_plain_english():
     text = default_corpus()
     assert len(text) > 4_000_000
     assert "To be, or not to be" in text
+    assert len(set(text)) == BUILT_IN_VOCAB_SIZE  # what `maskdiff presets` counts parameters with
     assert "**" not in text and "\\[" not in text
 
 

@@ -5,6 +5,7 @@ import math
 import os
 import tempfile
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 # offline, and a private datasets cache: set before lm_eval (and datasets) are imported
@@ -115,6 +116,22 @@ def test_local_multiple_choice_task_runs_end_to_end(run_dir, tmp_path):
     assert len(samples) == 3
     scores = [resp[0][0] for s in samples for resp in s["resps"]]
     assert len(scores) == 6 and all(math.isfinite(v) and v < 0 for v in scores)
+
+
+@pytest.mark.slow
+def test_the_shipped_example_task_runs_from_the_repository_root(run_dir, monkeypatch):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)  # the task's data path is relative to the repository root, as the README runs it
+    results = simple_evaluate(
+        model="maskdiff",
+        model_args=f"checkpoint={run_dir},mc_samples=8,precision=fp32",
+        tasks=["shk_mc"],
+        task_manager=TaskManager(include_path=str(repo / "examples" / "lm_eval"), include_defaults=False),
+    )
+    assert 0.0 <= results["results"]["shk_mc"]["acc,none"] <= 1.0
 
 
 def test_rolling_likelihood_and_generation_on_a_trained_run(run_dir):

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tiny_run import train_tiny
 
 import maskdiff
 from maskdiff.errors import MaskdiffError
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")

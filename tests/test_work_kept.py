@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
+from tiny_run import train_tiny
 
 from maskdiff.cli import main
 from maskdiff.errors import MaskdiffError
 from maskdiff.presets import get_preset
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,9 @@ def test_a_late_write_failure_prints_the_samples_first(run_dir, tmp_path, capsys
         return real_write(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", failing_write)
-    code, out, err = cli(capsys, "sample", "--checkpoint", str(run_dir), "--output", str(target), "--num-samples", "2", "--length", "12", "--steps", "3", "--quiet")
+    code, out, err = cli(
+        capsys, "sample", "--checkpoint", str(run_dir), "--output", str(target), "--num-samples", "2", "--length", "12", "--steps", "3", "--quiet"
+    )
     assert code == 1 and "No space left on device" in err and "printed above" in err
     assert len(out.strip().split("\n" + "-" * 40 + "\n")) == 2  # both samples reached stdout
 

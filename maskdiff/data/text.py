@@ -17,6 +17,8 @@ from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer
 
+BUILT_IN_VOCAB_SIZE = 81  # characters of the built-in corpus (a test checks it against the corpus)
+
 
 def read_text(path: str | Path) -> str:
     """The contents of a UTF-8 text file, with a clear error if it is missing, empty or not UTF-8."""
