@@ -6,6 +6,7 @@
     loss = model.nelbo(x0)                     # nats per sequence, [B]
     samples = model.sample(4, 128, steps=256)  # [4, 128] token ids
     genmd4 = maskdiff.GenMD4(denoiser, vocab_size=V)   # a learned schedule per token value (.w)
+    arm = maskdiff.Autoregressive(causal_net, vocab_size=V)  # the baseline: exact NLL, KV-cache sampling
 
 docs/architecture.md maps the modules; the sub-packages are importable from here
 (``maskdiff.sampling``, ``maskdiff.objectives``, ``maskdiff.nets``, ``maskdiff.data``, ...).
@@ -18,7 +19,7 @@ from maskdiff.checkpoint import LoadedRun, load_run  # noqa: E402
 from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from maskdiff.errors import MaskdiffError  # noqa: E402
 from maskdiff.nets import Transformer  # noqa: E402
-from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: E402
+from maskdiff.objectives import Autoregressive, GenMD4, MaskedDiffusion, Objective  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -32,6 +33,7 @@ __all__ = [
     "training",
     "MaskedDiffusion",
     "GenMD4",
+    "Autoregressive",
     "Objective",
     "Transformer",
     "MaskdiffError",

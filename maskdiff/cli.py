@@ -66,9 +66,10 @@ def cmd_train(args) -> int:
         return 0
     v = result.valid
     assert v is not None  # a run that was not stopped early ends with its validation bound
+    what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity <= {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
+        f"done: {result.steps} steps; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
+        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
@@ -196,6 +197,8 @@ def cmd_eval(args) -> int:
     unit = info["unit"]
     if result.estimator == "chain_rule":
         bound, per_sequence = "exact left-to-right chain-rule NLL", "one network call per token"
+    elif result.estimator == "exact":
+        bound, per_sequence = "exact NLL (autoregressive)", "one pass each"
     else:
         bound = "NELBO, continuous-time" if result.timesteps is None else f"NELBO, discrete-time (T={result.timesteps})"
         per_sequence = f"{result.samples_per_sequence} Monte Carlo sample(s) each"
@@ -205,7 +208,7 @@ def cmd_eval(args) -> int:
     if info["skipped_characters"]:
         print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
-    print(f"perplexity{'' if result.estimator == 'chain_rule' else ' bound'}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
     return 0
 
 
@@ -316,7 +319,8 @@ def build_parser() -> Parser:
         "eval",
         help="likelihood of a checkpoint, or quality of generated text",
         description="With --checkpoint: the NELBO bound in bits per token and the perplexity bound, with standard "
-        "errors (or with --chain-rule the exact likelihood of left-to-right unmasking). With --samples FILE: "
+        "errors (or with --chain-rule the exact likelihood of left-to-right unmasking; for an autoregressive run "
+        "(diffusion.objective=ar) the exact likelihood, estimator 'exact'). With --samples FILE: "
         "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts.",
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
@@ -329,7 +333,9 @@ def build_parser() -> Parser:
     )
     p.add_argument("--timesteps", type=int, help="discrete-time bound with T steps (default: continuous time)")
     p.add_argument(
-        "--chain-rule", action="store_true", help="exact log-likelihood of left-to-right unmasking: one network call per token (short sequences)"
+        "--chain-rule",
+        action="store_true",
+        help="diffusion runs: exact log-likelihood of left-to-right unmasking, one network call per token (short sequences)",
     )
     p.add_argument("--length", type=int, help="tokens per evaluated sequence (default: the run's sequence length)")
     p.add_argument("--max-sequences", type=int, metavar="N", help="evaluate only the first N sequences")
