@@ -121,3 +121,90 @@ def test_evaluation_reports_the_exact_likelihood_and_refuses_monte_carlo_options
         evaluate_nelbo(model, x, timesteps=10)
     with pytest.raises(MaskdiffError, match="--chain-rule is for masked diffusion models"):
         chain_rule_log_likelihood(model, x)
+
+
+# ---------------------------------------------------------------- generation
+def draw(model, n=4, length=24, seed=0, **kw):
+    return model.sample(n, length, steps=0, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.7, "top_p": 0.9}, {"top_k": 3, "temperature": 1.3}, {"temperature": 0}])
+def test_kv_cache_generation_gives_the_tokens_of_recomputing_the_prefix(options):
+    model = arm()
+    prompt = torch.full((4, 24), V)
+    prompt[:, :5] = torch.tensor([1, 2, 3, 4, 5])
+    for seed in range(3):
+        for given in (None, prompt):
+            cached = draw(model, seed=seed, given=given, **options)
+            recomputed = draw(model, seed=seed, given=given, cache=False, **options)
+            assert torch.equal(cached, recomputed), (seed, options)
+            assert (cached < V).all()
+    assert torch.equal(draw(model, given=prompt)[:, :5], prompt[:, :5])
+
+
+def test_every_state_one_network_call_per_generated_token():
+    model = arm()
+    given = torch.full((2, 10), V)
+    given[:, :3] = 7
+    states = list(model.iterate(2, 10, steps=256, given=given, generator=torch.Generator().manual_seed(0)))  # steps is ignored
+    assert [s.index for s in states] == list(range(8)) and {s.total for s in states} == {7}
+    assert [s.nfe for s in states] == list(range(8))  # the prompt in one call, then one call per token
+    assert states[0].t == 1.0 and states[-1].t == 0.0
+    for s in states[1:]:
+        generated = 3 + s.index
+        assert (s.z[:, :generated] < V).all() and (s.z[:, generated:] == V).all()  # not yet generated: the mask id
+        assert s.revealed.sum().item() == 2 and s.revealed[:, generated - 1].all()
+
+
+def test_a_sample_is_the_same_alone_or_in_a_batch():
+    model = arm()
+    batch = draw(model, n=5, seed=3, top_p=0.95)
+    for i in range(5):
+        # sample i of a batch uses stream i: alone it is the last of a batch of i + 1
+        assert torch.equal(draw(model, n=i + 1, seed=3, top_p=0.95)[i], batch[i])
+
+
+def test_prompts_of_different_lengths_in_one_batch():
+    model = arm()
+    given = torch.full((3, 12), V)
+    given[0, :2], given[1, :6] = torch.tensor([1, 2]), torch.arange(6)
+    states = list(model.iterate(3, 12, steps=1, given=given, generator=torch.Generator().manual_seed(1)))
+    final = states[-1].z
+    assert states[-1].total == 12 and states[-1].nfe == 12  # from the shortest prompt (none) on
+    assert torch.equal(final[0, :2], given[0, :2]) and torch.equal(final[1, :6], given[1, :6]) and (final < V).all()
+
+
+def test_a_row_stops_at_eos_and_the_network_stops_when_every_row_has():
+    model = arm()
+    eos = 4
+    with torch.no_grad():
+        model.denoiser.head.bias[eos] = 50.0  # eos whenever it is allowed
+    states = list(model.iterate(3, 16, steps=1, generator=torch.Generator().manual_seed(0), eos_id=eos, min_length=5, truncate_after_eos=True))
+    final = states[-1].z
+    assert (final[:, :5] != eos).all() and (final[:, 5:] == eos).all()
+    assert states[-1].nfe == 6 and len(states) == 17  # positions 0..5 called the network, then every row had stopped
+    # without truncate_after_eos the model goes on after eos (min_length still keeps eos out of the start)
+    free = list(model.iterate(3, 16, steps=1, generator=torch.Generator().manual_seed(0), eos_id=eos, min_length=5))[-1]
+    assert free.nfe == 16 and (free.z[:, :5] != eos).all()
+    # an eos in a prompt stops its row too; the other row goes on (and stops at once here)
+    given = torch.full((2, 8), V)
+    given[0, :2] = torch.tensor([1, eos])
+    out = model.sample(2, 8, 1, given=given, eos_id=eos, truncate_after_eos=True)
+    assert torch.equal(out[0], torch.tensor([1, eos, eos, eos, eos, eos, eos, eos])) and out[1, 0] == eos
+
+
+def test_options_that_only_diffusion_has_are_refused():
+    model = arm()
+    given = torch.full((1, 10), V)
+    given[0, :2], given[0, 6:] = 1, 2  # free positions before fixed ones: an infill template
+    cases = [
+        ({"method": "low_confidence"}, "reveal rule of the diffusion models"),
+        ({"cfg": 1.0}, "classifier-free guidance"),
+        ({"block_size": 4}, "block_size is for diffusion models"),
+        ({"labels": torch.tensor([0])}, "no class labels"),
+        ({"given": given}, "infill template"),
+        ({"nonsense": 1}, "unknown sampler option"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(MaskdiffError, match=message):
+            model.iterate(1, 10, 8, **kw)
