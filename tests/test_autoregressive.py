@@ -1,16 +1,24 @@
 """The autoregressive baseline: a causal transformer with a KV cache, its exact likelihood and generation."""
 
 import itertools
+import json
 
 import pytest
 import torch
+from conftest import lose_checkpoints_after
+from safetensors.torch import load_file
 
+from maskdiff.checkpoint import CHECKPOINTS, load_run
+from maskdiff.cli import main
 from maskdiff.config import ModelConfig, RunConfig
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import chain_rule_log_likelihood, evaluate_nelbo
+from maskdiff.metrics import read_metrics
 from maskdiff.models import build_model
 from maskdiff.nets.transformer import Transformer
 from maskdiff.objectives import Autoregressive
+from maskdiff.presets import TEXT_PRESETS, get_preset
+from maskdiff.training import train
 
 V = 11
 
@@ -208,3 +216,89 @@ def test_options_that_only_diffusion_has_are_refused():
     for kw, message in cases:
         with pytest.raises(MaskdiffError, match=message):
             model.iterate(1, 10, 8, **kw)
+
+
+# ---------------------------------------------------------------- presets, the command line, resume
+TINY = ["model.n_layers=1", "model.d_model=32", "data.seq_len=32", "train.batch_size=4", "train.log_every=2", "train.precision=fp32"]
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_text_preset_has_an_autoregressive_twin(capsys):
+    code, out, _ = cli(capsys, "presets")
+    assert code == 0
+    for name in TEXT_PRESETS:
+        cfg = get_preset(f"ar-{name}")
+        assert f"ar-{name}" in out and cfg.diffusion.objective == "ar" and cfg.model.causal
+        base = get_preset(name)  # the same network (made causal), data and training
+        assert (cfg.data, cfg.train) == (base.data, base.train)
+        assert {k: v for k, v in vars(cfg.model).items() if k != "causal"} == {k: v for k, v in vars(base.model).items() if k != "causal"}
+
+
+@pytest.mark.slow
+def test_train_eval_and_sample_an_autoregressive_run_from_the_command_line(corpus_file, tmp_path, capsys):
+    run_dir = str(tmp_path / "ar")
+    sets = [arg for item in [*TINY, "train.steps=6", "train.eval_every=3"] for arg in ("--set", item)]
+    code, out, err = cli(capsys, "train", "--preset", "ar-tiny", "--data", str(corpus_file), "--out", run_dir, "--quiet", *sets)
+    assert code == 0, err
+    assert "validation NLL" in out and "perplexity =" in out
+
+    base = ["eval", "--checkpoint", run_dir, "--max-sequences", "8", "--quiet"]
+    code, out, _ = cli(capsys, *base, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["estimator"] == "exact" and result["bits_per_token_mc_stderr"] == 0.0 and result["num_tokens"] == 8 * 32
+    assert 0 < result["bits_per_token"] < 8 and result["perplexity"] == pytest.approx(2 ** result["bits_per_token"])
+    code, out, _ = cli(capsys, *base)
+    assert code == 0 and "exact NLL (autoregressive)" in out and "perplexity:" in out
+    for extra, message in [(["-k", "4"], "neither --mc-samples > 1 nor --timesteps"), (["--chain-rule"], "--chain-rule is for masked diffusion")]:
+        code, _, err = cli(capsys, *base, *extra)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+    sample = ["sample", "--checkpoint", run_dir, "--num-samples", "3", "--quiet"]
+    code, out, err = cli(capsys, *sample, "--prompt", "The ", "--length", "20", "--top-p", "0.9")
+    texts = out[:-1].split("\n" + "-" * 40 + "\n")
+    assert code == 0 and len(texts) == 3 and all(t.startswith("The ") and len(t) == 20 for t in texts)
+    assert "16 network evaluations" in err  # the prompt in one call, then one per token
+    code, out, err = cli(capsys, *sample, "--length", "12", "--no-cache", "--show-steps")
+    assert code == 0 and "--- step 0/12" in err and "_" * 12 in err
+    code, out, _ = cli(capsys, *sample, "--length", "30", "--eos", "\n")
+    assert code == 0 and all("\n" not in t for t in out[:-1].split("\n" + "-" * 40 + "\n"))
+    for extra, message in [
+        (["--infill", "the [[5]] and"], "infill template"),
+        (["--method", "random"], "reveal rule"),
+        (["--prompt", "a", "--cfg", "1"], "cfg"),
+    ]:
+        code, _, err = cli(capsys, *sample, *extra)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_resuming_an_autoregressive_run_reproduces_it_exactly(corpus_file, tmp_path):
+    cfg = get_preset("ar-tiny").with_overrides(
+        [
+            f"data.path={corpus_file}",
+            *TINY,
+            "model.n_layers=2",
+            "train.steps=8",
+            "train.checkpoint_every=4",
+            "train.keep_checkpoints=5",
+            "train.eval_every=4",
+        ]
+    )
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(cfg, straight, progress=False)
+    train(cfg, interrupted, progress=False)
+    lose_checkpoints_after(interrupted, 4)
+    train(cfg, interrupted, resume=True, progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(straight / CHECKPOINTS / "step-000008" / name)
+        b = load_file(interrupted / CHECKPOINTS / "step-000008" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    key = lambda r: (r["step"], r["train_loss"], r["valid_bits"], r["lr"], r["grad_norm"])  # noqa: E731
+    assert [key(r) for r in read_metrics(straight / "metrics.csv")] == [key(r) for r in read_metrics(interrupted / "metrics.csv")]
+    run = load_run(straight)
+    assert run.model.estimator == "exact" and run.config.model.causal
