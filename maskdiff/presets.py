@@ -75,7 +75,7 @@ def autoregressive(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
         cfg = base()
         cfg.preset = f"ar-{cfg.preset}"
         cfg.diffusion = DiffusionConfig(objective="ar")
-        cfg.model.causal = True
+        cfg.model = ModelConfig(**{**vars(cfg.model), "causal": True})  # a text preset's model is a transformer
         return cfg
 
     preset.__doc__ = f"{(base.__doc__ or '').split(':')[0]}, as an autoregressive baseline (causal, exact likelihood, KV-cache sampling)."
