@@ -283,7 +283,7 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
-    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
+    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256; autoregressive runs: one per token, so ignored)")
     p.add_argument("--method", choices=RULES.names(), default="ancestral", help="which positions to reveal each step (default ancestral)")
     p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
@@ -306,7 +306,11 @@ def build_parser() -> Parser:
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
     p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
-    p.add_argument("--no-cache", action="store_true", help="call the network in every step, even when nothing is revealed")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="call the network in every step, even when nothing is revealed (autoregressive runs: recompute the whole prefix, no KV cache)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
