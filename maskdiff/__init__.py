@@ -6,6 +6,7 @@
     loss = model.nelbo(x0)                     # nats per sequence, [B]
     samples = model.sample(4, 128, steps=256)  # [4, 128] token ids
     genmd4 = maskdiff.GenMD4(denoiser, vocab_size=V)   # a learned schedule per token value (.w)
+    arm = maskdiff.Autoregressive(causal_net, vocab_size=V)  # the baseline: exact NLL, KV-cache sampling
 
 docs/architecture.md maps the modules; the sub-packages are importable from here
 (``maskdiff.sampling``, ``maskdiff.objectives``, ``maskdiff.nets``, ``maskdiff.data``, ...).
@@ -23,6 +24,7 @@ EXPORTS = {
     "load": "maskdiff.runs",
     "Run": "maskdiff.runs",
     "MaskedDiffusion": "maskdiff.objectives",
+    "Autoregressive": "maskdiff.objectives",
     "GenMD4": "maskdiff.objectives",
     "Objective": "maskdiff.objectives",
     "Transformer": "maskdiff.nets",
@@ -43,7 +45,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: F401
     from maskdiff.errors import MaskdiffError  # noqa: F401
     from maskdiff.nets import Transformer  # noqa: F401
-    from maskdiff.objectives import GenMD4, MaskedDiffusion, Objective  # noqa: F401
+    from maskdiff.objectives import Autoregressive, GenMD4, MaskedDiffusion, Objective  # noqa: F401
     from maskdiff.runs import Run, load  # noqa: F401
 
 

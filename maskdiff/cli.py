@@ -75,9 +75,10 @@ def cmd_train(args) -> int:
         return 0
     v = result.valid
     assert v is not None  # a run that was not stopped early ends with its validation bound
+    what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {result.steps} steps; validation NELBO {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity <= {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
+        f"done: {result.steps} steps; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
+        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
@@ -211,6 +212,8 @@ def cmd_eval(args) -> int:
     unit = info["unit"]
     if result.estimator == "chain_rule":
         bound, per_sequence = "exact left-to-right chain-rule NLL", "one network call per token"
+    elif result.estimator == "exact":
+        bound, per_sequence = "exact NLL (autoregressive)", "one pass each"
     else:
         bound = "NELBO, continuous-time" if result.timesteps is None else f"NELBO, discrete-time (T={result.timesteps})"
         per_sequence = f"{result.samples_per_sequence} Monte Carlo sample(s) each"
@@ -220,7 +223,7 @@ def cmd_eval(args) -> int:
     if info["skipped_characters"]:
         print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
-    print(f"perplexity{'' if result.estimator == 'chain_rule' else ' bound'}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
     return 0
 
 
@@ -301,7 +304,7 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
-    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256)")
+    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256; autoregressive runs: one per token, so ignored)")
     p.add_argument("--method", choices=RULES.names(), default="ancestral", help="which positions to reveal each step (default ancestral)")
     p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
@@ -324,7 +327,11 @@ def build_parser() -> Parser:
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
     p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
-    p.add_argument("--no-cache", action="store_true", help="call the network in every step, even when nothing is revealed")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="call the network in every step, even when nothing is revealed (autoregressive runs: recompute the whole prefix, no KV cache)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
@@ -338,7 +345,8 @@ def build_parser() -> Parser:
         "eval",
         help="likelihood of a checkpoint, or quality of generated text",
         description="With --checkpoint: the NELBO bound in bits per token and the perplexity bound, with standard "
-        "errors (or with --chain-rule the exact likelihood of left-to-right unmasking). With --samples FILE: "
+        "errors (or with --chain-rule the exact likelihood of left-to-right unmasking; for an autoregressive run "
+        "(diffusion.objective=ar) the exact likelihood, estimator 'exact'). With --samples FILE: "
         "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts.",
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
@@ -351,7 +359,9 @@ def build_parser() -> Parser:
     )
     p.add_argument("--timesteps", type=int, help="discrete-time bound with T steps (default: continuous time)")
     p.add_argument(
-        "--chain-rule", action="store_true", help="exact log-likelihood of left-to-right unmasking: one network call per token (short sequences)"
+        "--chain-rule",
+        action="store_true",
+        help="diffusion runs: exact log-likelihood of left-to-right unmasking, one network call per token (short sequences)",
     )
     p.add_argument("--length", type=int, help="tokens per evaluated sequence (default: the run's sequence length)")
     p.add_argument("--max-sequences", type=int, metavar="N", help="evaluate only the first N sequences")

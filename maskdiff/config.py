@@ -39,7 +39,11 @@ def ModelConfig(architecture: str = "transformer", **fields: Any) -> Any:  # noq
 
 @dataclass
 class DiffusionConfig(Section):
-    objective: str = option("md4", "md4 (one masking schedule for all tokens) or genmd4 (a learned schedule per token value)")
+    objective: str = option(
+        "md4",
+        "md4 (one masking schedule for all tokens), genmd4 (a learned schedule per token value) or "
+        "ar (the autoregressive baseline: next-token prediction, exact likelihood; needs model.causal=true, ignores the other diffusion keys)",
+    )
     schedule: str = option("linear", "md4 masking schedule: linear, cosine, polyK (e.g. poly2), geometric, loglinear")
     power_init: float = option(1.0, "genmd4: initial exponent w of every token's schedule 1 - t^w (1: linear)")
     t1: float = option(1e-3, "genmd4: smallest time of the integral; a closed-form reconstruction term covers [0, t1]")
@@ -215,6 +219,7 @@ class RunConfig:
             sections[name] = section
         if not problems:
             problems = [p for s in sections.values() for p in s.problems()]
+            problems += objective_problems(sections["model"], sections["diffusion"])  # type: ignore[arg-type]
         if problems:
             raise MaskdiffError("invalid config: " + "; ".join(problems))
         return cls(preset=str(raw.get("preset", "custom")), **sections)  # type: ignore[arg-type]
@@ -297,6 +302,21 @@ def _apply_override(raw: dict, item: str, cfg: RunConfig) -> None:
     raw[section][name] = parse_value(section_cls, section, name, text.strip())
     if section == "model" and name == "architecture":
         raw["model"] = _keep_known(raw["model"], model_section_type(raw["model"]["architecture"]))
+
+
+def objective_problems(model: Section, diffusion: DiffusionConfig) -> list[str]:
+    """What the objective needs of the network: the autoregressive one a causal transformer.
+
+    A config says so rather than the builder switching it on, so config.json shows the network
+    that was trained. (A causal network under a diffusion objective is allowed: a weaker denoiser.)
+    """
+    if diffusion.objective != "ar":
+        return []
+    if not isinstance(model, TransformerConfig):
+        return [f"diffusion.objective=ar needs model.architecture=transformer, not {model.architecture}"]  # type: ignore[attr-defined]
+    if not model.causal:
+        return ["diffusion.objective=ar needs model.causal=true (next-token prediction must not see later tokens)"]
+    return []
 
 
 def _keep_known(values: dict, section_cls: type[Section]) -> dict:

@@ -71,6 +71,21 @@ def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     return preset
 
 
+def autoregressive(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
+    """The autoregressive twin of a text preset: the same network made causal, data and training
+    (SMDM's baseline: same data, same network, next-token prediction)."""
+
+    def preset() -> RunConfig:
+        cfg = base()
+        cfg.preset = f"ar-{cfg.preset}"
+        cfg.diffusion = DiffusionConfig(objective="ar")
+        cfg.model = ModelConfig(**{**vars(cfg.model), "causal": True})  # a text preset's model is a transformer
+        return cfg
+
+    preset.__doc__ = f"{(base.__doc__ or '').split(':')[0]}, as an autoregressive baseline (causal, exact likelihood, KV-cache sampling)."
+    return preset
+
+
 def image_tiny() -> RunConfig:
     """A small U-Net on 28x28 grey Fashion-MNIST (Debian's dataset-fashion-mnist): below 8 bits/dim in minutes on a CPU."""
     return RunConfig(
@@ -156,6 +171,7 @@ TEXT_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     **TEXT_PRESETS,
     **{f"genmd4-{name}": genmd4(fn) for name, fn in TEXT_PRESETS.items()},
+    **{f"ar-{name}": autoregressive(fn) for name, fn in TEXT_PRESETS.items()},
     "image-tiny": image_tiny,
     "cifar10": cifar10,
     "imagenet64": imagenet64,

@@ -100,12 +100,12 @@ def test_code_cites_only_documents_in_the_repository():
 
 def test_config_validation_asks_the_registries():
     assert set(ARCHITECTURES) == {"transformer", "unet", "uvit"}
-    assert set(OBJECTIVES) >= {"md4", "genmd4"} and set(TOKENIZERS) >= {"char", "pixel"}
+    assert set(OBJECTIVES) >= {"md4", "genmd4", "ar"} and set(TOKENIZERS) >= {"char", "pixel"}
     assert {FORMATS.get(name).modality for name in FORMATS} == {"text", "image"}
     with pytest.raises(MaskdiffError, match="choose one of transformer, unet, uvit"):
         RunConfig().with_overrides(["model.architecture=resnet"])
-    with pytest.raises(MaskdiffError, match="diffusion.objective must be one of md4, genmd4"):
-        RunConfig().with_overrides(["diffusion.objective=ar"])
+    with pytest.raises(MaskdiffError, match="diffusion.objective must be one of md4, genmd4, ar"):
+        RunConfig().with_overrides(["diffusion.objective=sedd"])
 
 
 def test_each_architecture_has_its_own_model_section():

@@ -1,4 +1,4 @@
-"""The NELBO over a set of sequences with its Monte Carlo standard error."""
+"""The NELBO over a set of sequences with its Monte Carlo standard error (or an exact model's NLL)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,16 @@ def evaluate_nelbo(
 
     t is stratified across each batch; ``timesteps=T`` gives the discrete-time bound.
     Deterministic given ``seed`` (and ``batch_size``, which sets the strata).
+
+    A model whose ``estimator`` is ``"exact"`` (the autoregressive baseline) returns its exact
+    negative log-likelihood: one deterministic value per sequence, so K > 1 and ``timesteps``
+    are refused rather than silently ignored. The result carries the model's ``estimator``.
     """
     if samples < 1:
         raise MaskdiffError(f"the number of Monte Carlo samples must be >= 1, got {samples}")
+    estimator = getattr(model, "estimator", "nelbo")
+    if estimator == "exact" and (samples != 1 or timesteps is not None):
+        raise MaskdiffError("this model's likelihood is exact (an autoregressive model): it takes neither --mc-samples > 1 nor --timesteps")
     check_sequences(sequences, batch_size)
     device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -46,4 +53,4 @@ def evaluate_nelbo(
                 per_sequence[start : start + batch.shape[0], k] = nelbo.double().cpu()
                 bar.update()
     model.train(was_training)
-    return summarize(per_sequence, length, timesteps)
+    return summarize(per_sequence, length, timesteps, estimator)

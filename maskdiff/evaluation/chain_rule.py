@@ -38,6 +38,14 @@ def time_for_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torc
     return (lo + hi) / 2
 
 
+def check_chain_rule(model) -> None:
+    """Refuse a model whose own likelihood is exact (the autoregressive baseline): the chain rule is for diffusion models."""
+    if getattr(model, "estimator", "nelbo") == "exact":
+        raise MaskdiffError(
+            "--chain-rule is for masked diffusion models; this run is autoregressive and its likelihood is already exact (drop --chain-rule)"
+        )
+
+
 def chain_rule_log_likelihood(
     model,
     sequences: torch.Tensor,
@@ -50,6 +58,7 @@ def chain_rule_log_likelihood(
     ``model`` needs ``predict``, ``schedule`` and ``mask_id`` (a :class:`~maskdiff.objectives.DiffusionModel`).
     ``batch_size`` network inputs (one per (sequence, position) pair) go into each call.
     """
+    check_chain_rule(model)
     check_sequences(sequences, batch_size)
     device = model_device(model)
     num, length = sequences.shape

@@ -8,7 +8,7 @@ from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, prepare_data, read_text
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import evaluate_nelbo
-from maskdiff.evaluation.chain_rule import evaluate_chain_rule
+from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
 from maskdiff.evaluation.results import EvalResult
 from maskdiff.hardware import resolve_device, resolve_precision
 
@@ -45,7 +45,9 @@ def evaluate_checkpoint(
 
     Default: the NELBO bound with ``mc_samples`` (K) Monte Carlo samples per sequence
     (continuous time, or discrete time with ``timesteps``). ``chain_rule``: the exact
-    log-likelihood of left-to-right unmasking instead (:mod:`maskdiff.likelihood`). A ``data``
+    log-likelihood of left-to-right unmasking instead (:mod:`maskdiff.evaluation.chain_rule`); refused
+    for an autoregressive run, whose likelihood is exact already (``estimator`` ``"exact"``; it
+    also refuses ``mc_samples`` > 1 and ``timesteps``). A ``data``
     file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
     encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
 
@@ -61,6 +63,8 @@ def evaluate_checkpoint(
         raise MaskdiffError(f"max sequences must be >= 1, got {max_sequences}")
     dev = resolve_device(device)
     run = load_run(checkpoint, device=dev)
+    if chain_rule:
+        check_chain_rule(run.model)
     length = run.config.data.seq_len if length is None else length
     if length < 1:
         raise MaskdiffError(f"length must be >= 1, got {length}")

@@ -12,7 +12,7 @@ from maskdiff.errors import MaskdiffError
 
 @dataclass
 class EvalResult:
-    """A likelihood bound (or exact chain-rule likelihood) of a set of sequences, per token.
+    """A likelihood bound (or an exact likelihood: chain rule, autoregressive model) of a set of sequences, per token.
 
     ``*_stderr`` is the standard error over sequences (it includes how much sequences differ,
     so it does not vanish as K grows); ``bits_per_token_mc_stderr`` is the Monte Carlo error
@@ -29,7 +29,7 @@ class EvalResult:
     num_tokens: int
     samples_per_sequence: int
     timesteps: int | None
-    estimator: str = "nelbo"  # "nelbo" (Monte Carlo bound) or "chain_rule" (exact, left to right)
+    estimator: str = "nelbo"  # "nelbo" (Monte Carlo bound), "chain_rule" (exact, left-to-right unmasking) or "exact" (an autoregressive model)
 
     def to_dict(self) -> dict:
         """Plain values for JSON; NaN (a standard error from a single estimate) becomes None."""
@@ -37,7 +37,11 @@ class EvalResult:
 
 
 def summarize(per_sequence: torch.Tensor, length: int, timesteps: int | None = None, estimator: str = "nelbo") -> EvalResult:
-    """EvalResult from nats per sequence [N, K] (K estimates of each of N sequences of ``length`` tokens)."""
+    """EvalResult from nats per sequence [N, K] (K estimates of each of N sequences of ``length`` tokens).
+
+    ``estimator`` names what the numbers are: ``"nelbo"`` (Monte Carlo bounds), ``"chain_rule"``
+    or ``"exact"`` (deterministic, so their Monte Carlo error is 0).
+    """
     num, samples = per_sequence.shape
     per_token = per_sequence.double() / length  # [N, K]
     nats = per_token.mean(dim=1)  # [N]

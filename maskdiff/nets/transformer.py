@@ -1,6 +1,10 @@
-"""A bidirectional transformer denoiser: (z_t [B, L], t [B]) -> logits [B, L, V].
+"""A transformer denoiser: (z_t [B, L], t [B]) -> logits [B, L, V], bidirectional or causal.
 
 Pre-norm blocks with rotary position embeddings and ``scaled_dot_product_attention``.
+With ``causal`` every position attends only to itself and earlier ones (the network of the
+autoregressive baseline, maskdiff/objectives/autoregressive.py), and :meth:`Transformer.forward_cached`
+decodes incrementally: a :class:`KVCache` keeps every layer's keys and values, so each call
+runs only the new positions, rotated at their absolute positions.
 With ``time_conditioning`` every norm is modulated by an embedding of t (adaLN-Zero, as in
 DiT/MDLM); without it the network ignores t, which is exact for masked diffusion (the true
 posterior of a masked token does not depend on t) and lets samplers reuse predictions.
@@ -34,6 +38,7 @@ class TransformerConfig(Section):
     time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
     dropout: float = option(0.0, "dropout probability in attention and MLP")
     rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
+    causal: bool = option(False, "causal attention (a position sees itself and earlier ones): the network of diffusion.objective=ar")
 
     def problems(self) -> list[str]:
         out = at_least_one(self, "model", ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features"))
@@ -87,6 +92,35 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class KVCache:
+    """Keys and values of every layer for incremental causal decoding, room for ``capacity`` positions.
+
+    Each layer's buffers [B, H, capacity, head_dim] are allocated at its first write (with the
+    batch size and dtype of that write, so autocast decides the dtype); :attr:`length` counts
+    the positions stored so far, which are positions 0..length-1 of the sequence.
+    """
+
+    def __init__(self, n_layers: int, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, H, n, D] of the new positions after the cached ones.  -> keys, values [B, H, length + n, D]"""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} needed")
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            keys = self.keys[layer] = k.new_empty(shape)
+            values = self.values[layer] = v.new_empty(shape)
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
@@ -95,11 +129,31 @@ class Attention(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, causal: bool = False, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        """x [B, L, D]; cos, sin [L, D/H/2] for the absolute positions of x's rows.
+
+        With ``cache`` the L positions come after the ``cache.length`` cached ones, their keys and
+        values are appended to layer ``layer`` of the cache, and the queries attend to everything
+        stored (causally within the new positions).
+        """
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
+        else:
+            start = cache.length
+            k, v = cache.extend(layer, k, v)
+            if L == 1 or not causal:  # one new query sees every stored position
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            elif start == 0:  # the first chunk: the plain causal mask
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:  # new query j sits at position start + j and sees keys 0..start + j
+                mask = torch.arange(start + L, device=x.device)[None] <= torch.arange(start, start + L, device=x.device)[:, None]
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -126,17 +180,21 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_ratio, dropout)
         self.modulation = nn.Linear(d_model, 6 * d_model) if conditioned else None
 
-    def forward(self, x, cos, sin, c=None):
+    def forward(self, x, cos, sin, c=None, causal: bool = False, cache: KVCache | None = None, layer: int = 0):
         if self.modulation is None:
-            x = x + self.attn(self.norm1(x), cos, sin)
+            x = x + self.attn(self.norm1(x), cos, sin, causal, cache, layer)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, causal, cache, layer)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class Transformer(nn.Module):
-    """The denoiser network. ``vocab_size`` is V: V+1 input embeddings (mask id V), V output logits."""
+    """The denoiser network. ``vocab_size`` is V: V+1 input embeddings (mask id V), V output logits.
+
+    A causal network (``cfg.causal``) keeps the same V+1 rows: the autoregressive objective feeds
+    id V as its begin-of-sequence input, so both kinds of run have the same weights' shapes.
+    """
 
     def __init__(self, cfg: TransformerConfig, vocab_size: int):
         super().__init__()
@@ -176,13 +234,40 @@ class Transformer(nn.Module):
             self._rotary_cache[key] = rotary_tables(length, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, device)
         return self._rotary_cache[key]
 
+    @property
+    def causal(self) -> bool:
+        """Whether a position attends only to itself and earlier positions."""
+        return self.cfg.causal
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z_t [B, L] ids in 0..V (V = mask), t [B] -> logits [B, L, V]."""
-        x = self.embed(z_t)
         cos, sin = self.rotary(z_t.shape[1], z_t.device)
+        return self._run(z_t, t, cos, sin)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KV cache for :meth:`forward_cached` with room for ``capacity`` positions."""
+        return KVCache(len(self.blocks), capacity)
+
+    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, n, V] of the n positions z [B, n] that follow the ``cache.length`` cached ones.
+
+        Appends their keys and values to ``cache``; the logits equal those of the same positions
+        in :meth:`forward` over the whole prefix (up to rounding). Causal networks only: with
+        bidirectional attention earlier positions would change as later ones arrive.
+        """
+        if not self.cfg.causal:
+            raise ValueError("forward_cached needs a causal network (model.causal=true)")
+        start, end = cache.length, cache.length + z.shape[1]
+        cos, sin = self.rotary(cache.capacity, z.device)  # one table per cache; rows are absolute positions
+        logits = self._run(z, t, cos[start:end], sin[start:end], cache)
+        cache.length = end
+        return logits
+
+    def _run(self, z: torch.Tensor, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = self.embed(z)
         c = self.time_embed(timestep_features(t, self.cfg.time_features)) if self.time_embed is not None else None
-        for block in self.blocks:
-            x = block(x, cos, sin, c)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, c, self.cfg.causal, cache, layer)
         x = self.norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c).chunk(2, dim=-1)

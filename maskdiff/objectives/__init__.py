@@ -1,4 +1,4 @@
-"""Training objectives: the interface (:class:`Objective`) and the registered implementations.
+"""Training objectives (masked diffusion, and the autoregressive baseline): the interface (:class:`Objective`) and the registered implementations.
 
 ``OBJECTIVES`` maps the config's ``diffusion.objective`` to a builder
 ``(diffusion section, denoiser, vocab_size) -> Objective``. Adding an objective is one module
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from maskdiff.objectives.autoregressive import Autoregressive
 from maskdiff.objectives.base import Denoiser, DiffusionModel, Objective, mask_tokens, masked_cross_entropy, stratified_times
 from maskdiff.objectives.genmd4 import GenMD4
 from maskdiff.objectives.md4 import MaskedDiffusion
@@ -20,6 +21,7 @@ ObjectiveBuilder = Callable[[Any, Denoiser, int], Objective]
 OBJECTIVES: Registry[ObjectiveBuilder] = Registry("diffusion.objective")
 OBJECTIVES.add("md4", lambda section, denoiser, vocab: MaskedDiffusion(denoiser, schedule=section.schedule, vocab_size=vocab))
 OBJECTIVES.add("genmd4", lambda section, denoiser, vocab: GenMD4(denoiser, vocab, power_init=section.power_init, t1=section.t1))
+OBJECTIVES.add("ar", lambda section, denoiser, vocab: Autoregressive(denoiser, vocab))  # needs model.causal=true (checked by the config)
 
 __all__ = [
     "OBJECTIVES",
@@ -27,6 +29,7 @@ __all__ = [
     "DiffusionModel",
     "MaskedDiffusion",
     "GenMD4",
+    "Autoregressive",
     "Denoiser",
     "mask_tokens",
     "masked_cross_entropy",

@@ -52,7 +52,7 @@ class SamplerOptions:
     eos_id: int | None = None  # end-of-text token id, for min_length and truncate_after_eos
     min_length: int = 0  # suppress eos_id before this position
     truncate_after_eos: bool = False  # fill every position after the first eos with eos
-    cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step)
+    cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step); autoregressive: the KV cache
 
     def __post_init__(self) -> None:
         problems = check_rule_options(self)
