@@ -48,8 +48,10 @@ def choose_threads(requested: int | None = None) -> int:
 
     auto: this process's share of the cores (all of them, divided among the processes of a
     ``torchrun`` job on this machine), except when other processes already keep at least half a
-    core busy: then 1. Sharing cores with a busy process, extra threads mostly wait for each other,
-    which made sampling 10-30x slower (benchmarks/threads.py; the table is in the README).
+    core busy: then 1. Next to a busy process, extra threads mostly wait for the one that lost its
+    core: sampling and training were 1.1-3x slower with 2 threads than with 1 on a 2-core machine,
+    while on an idle one 2 threads were 1.6-2x faster (benchmarks/threads.py; the table is in the
+    README). The choice is made once, when the command starts.
     """
     if requested is not None:
         if requested < 1:
