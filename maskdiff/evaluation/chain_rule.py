@@ -63,7 +63,7 @@ def chain_rule_log_likelihood(
     device = model_device(model)
     num, length = sequences.shape
     revealed = torch.arange(length, dtype=torch.float64)  # tokens already revealed at step i
-    times = time_for_alpha(model.schedule, revealed / length).float().to(device)  # [L]
+    times = time_for_alpha(model.schedule, (revealed / length).to(device)).float()  # [L], where the schedule's parameters are
     positions = torch.arange(length, device=device)
     sequences = sequences.to(device)
     log_p = torch.zeros(num, dtype=torch.float64, device=device)

@@ -137,7 +137,7 @@ class MaskdiffLM(LM):
             x0 = x.expand(k, -1)
             z = torch.where(masked, mask_id, x0)
             # the time at which l of m tokens are masked on average, for time-conditioned networks
-            t = time_for_alpha(self.model.schedule, 1 - count.double().cpu() / m).float().to(self.device_)
+            t = time_for_alpha(self.model.schedule, 1 - count.double() / m).float()
             logits = self._logits(z, t, ~target.expand(k, -1))
             ce = masked_cross_entropy(logits, x0, masked)  # [k]
             total += (m / count.double() * ce.double()).sum().item()

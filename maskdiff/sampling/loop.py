@@ -186,7 +186,8 @@ def iterate(
         scope = torch.zeros(length, dtype=torch.bool, device=device)
         scope[start:end] = True
         times = time_grid(block_steps, options.grid)
-        alphas = model.schedule.alpha(times).detach().to(device)  # [steps+1], or [steps+1, V] per token value
+        # on the model's device: a learned schedule (GenMD4) keeps its parameters there
+        alphas = model.schedule.alpha(times.to(device)).detach()  # [steps+1], or [steps+1, V] per token value
         for i in range(block_steps):
             index += 1
             p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
