@@ -18,9 +18,11 @@ import torch
 
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
+from maskdiff.data.facts import GROUPS, make_facts, write_facts
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
+from maskdiff.evaluation.reverse_curse import COLUMNS, evaluate_reverse_curse
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
@@ -225,6 +227,8 @@ def _sample_text(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.task == "reverse-curse":
+        return eval_reverse_curse(args)
     if args.samples is not None:
         return eval_samples(args)
     if args.judge is not None:
@@ -265,6 +269,52 @@ def cmd_eval(args) -> int:
         print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
     print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    return 0
+
+
+def eval_reverse_curse(args) -> int:
+    """`maskdiff eval --task reverse-curse`: exact-match accuracy on the questions of a facts folder."""
+    if args.checkpoint is None or args.data is None:
+        raise MaskdiffError("--task reverse-curse needs --checkpoint RUN and --data FACTS (a folder written by `maskdiff facts`, or its test.jsonl)")
+    ignored = {
+        "--samples": args.samples is not None,
+        "--judge": args.judge is not None,
+        "--mc-samples": args.mc_samples != 1,
+        "--timesteps": args.timesteps is not None,
+        "--chain-rule": args.chain_rule,
+        "--length": args.length is not None,
+        "--max-sequences": args.max_sequences is not None,
+        "--skip-unknown": args.skip_unknown,
+    }
+    used = [flag for flag, given in ignored.items() if given]
+    if used:
+        raise MaskdiffError(f"{', '.join(used)} do{'es' if len(used) == 1 else ''} not apply to --task reverse-curse (greedy decoding, exact match)")
+    table, info = evaluate_reverse_curse(args.checkpoint, args.data, batch_size=args.batch_size, precision=args.precision)
+    if args.json:
+        groups = {g: {d: table[(d, g)].to_dict() for d in COLUMNS} for g in GROUPS}
+        headline = {d: table[(d, "one-way")].to_dict()["accuracy"] for d in COLUMNS}  # the one-way entities: the test
+        print(json.dumps({**headline, "groups": groups, **info}, ensure_ascii=False))
+        return 0
+    print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
+    print(f"questions:  {info['data']}: {info['num_questions']} questions; {info['decoding']}")
+    print(f"{'exact match':12s}" + "".join(f"{d:>20s}" for d in COLUMNS))
+    for group in GROUPS:
+        cells = [table[(d, group)] for d in COLUMNS]
+        if any(c.total for c in cells):
+            print(f"{group:12s}" + "".join(f"{f'{c.correct}/{c.total} = {c.accuracy:.3f}' if c.total else '-':>20s}" for c in cells))
+    return 0
+
+
+def cmd_facts(args) -> int:
+    folder = write_facts(make_facts(args.one_way, args.both_ways, args.seed, args.syllables), args.out)
+    facts = json.loads((folder / "facts.json").read_text(encoding="utf-8"))
+    example = facts["entities"][0]
+    print(
+        f"{folder}: {facts['one_way']} one-way entities (trained name -> description) and {facts['both_ways']} both-ways ones, seed {args.seed}\n"
+        f"e.g. {example['name']} is the {example['description']}.\n"
+        f"train: maskdiff train --preset tiny --set data.format=pairs --data {folder} --set data.eos='|' --set data.seq_len=32\n"
+        f"test:  maskdiff eval --checkpoint RUN --task reverse-curse --data {folder}"
+    )
     return 0
 
 
@@ -430,7 +480,17 @@ def build_parser() -> Parser:
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
     p.add_argument(
-        "--data", metavar="FILE", help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus)"
+        "--data",
+        metavar="FILE",
+        help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus); "
+        "a run trained on prompt/response pairs reads a JSONL file of pairs; --task reverse-curse: a folder from `maskdiff facts`",
+    )
+    p.add_argument(
+        "--task",
+        choices=("likelihood", "reverse-curse"),
+        default="likelihood",
+        help="likelihood (default: the bound or exact likelihood) or reverse-curse: exact-match accuracy on the questions of "
+        "--data in both directions (autoregressive runs decode greedily; diffusion runs decode an answer slot of the known length)",
     )
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split of the run's corpus without --data (default test)")
     p.add_argument(
@@ -460,6 +520,22 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "facts",
+        help="write synthetic facts for the reverse-curse task",
+        description='Write a folder of invented facts "<name> is the <description>." for the reverse curse: train.jsonl '
+        "(one-way entities stated name -> description only, both-ways entities in both directions), valid.jsonl (the same "
+        "statements), test.jsonl (questions in both directions about every entity, each with one answer), infill.jsonl "
+        "(the reverse question as a blank in the trained sentence, for masked diffusion runs) and facts.json. "
+        "Names and descriptions are all distinct; the two groups are disjoint.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not hold facts already)")
+    p.add_argument("--one-way", type=int, default=100, metavar="N", help="entities trained name -> description only: the test (default 100)")
+    p.add_argument("--both-ways", type=int, default=50, metavar="M", help="entities trained in both directions: the control (default 50)")
+    p.add_argument("--syllables", type=int, default=2, help="syllables of every invented name (default 2, e.g. 'Toma')")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the names and descriptions (default 0)")
+    p.set_defaults(handler=cmd_facts)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")

@@ -19,6 +19,7 @@ from maskdiff.objectives import GenMD4, MaskedDiffusion
 from maskdiff.tokenizer import CharTokenizer
 from maskdiff.training import finetune_config
 from maskdiff.training.state import TrainState
+from maskdiff.training.step import train_step
 
 TOKENIZER = CharTokenizer(list("#abcdefgh"))  # '#' is the end of text
 EOS = 0  # its id
@@ -138,6 +139,22 @@ def test_the_autoregressive_loss_covers_the_response_tokens_only_by_hand(tmp_pat
     # evaluation reports it per scored token: 3 + 4 of the 16 tokens
     result = evaluate_nelbo(model, ids, loss_masks=mask)
     assert result.num_tokens == 7 and result.nats_per_token == pytest.approx(loss.double().sum().item() / 7)
+
+
+def test_a_training_step_minimises_the_loss_per_scored_token(tmp_path):
+    rows = [{"prompt": "ab", "response": "c" * (1 + i % 4)} for i in range(40)]
+    overrides = ["data.format=pairs", f"data.path={pairs_file(tmp_path, rows)}", "data.eos=#", "data.seq_len=16", "train.batch_size=6"]
+    cfg = RunConfig().with_overrides([*overrides, "model.n_layers=1", "model.d_model=16", "model.n_heads=2", "train.precision=fp32"])
+    tokenizer, splits = prepare_data(cfg.data)
+    state = TrainState.create(cfg, tokenizer.vocab_size, splits, torch.device("cpu"))
+    batch = next(state.batches)
+    noise = torch.Generator().set_state(state.noise.get_state())
+    with torch.no_grad():
+        per_sequence = state.model(batch["x0"], generator=noise, loss_mask=batch["loss_mask"])
+    outcome = train_step(state, [batch])
+    scored = int(batch["loss_mask"].sum())
+    assert scored < batch["x0"].numel() / 2  # most positions are prompt or padding
+    assert outcome.loss.item() == pytest.approx(per_sequence.sum().item() / scored, rel=1e-6)
 
 
 # ---------------------------------------------------------------- bad input: one line each
