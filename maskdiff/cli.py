@@ -12,20 +12,24 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
+from maskdiff.data.facts import GROUPS, make_facts, write_facts
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
+from maskdiff.evaluation.reverse_curse import COLUMNS, evaluate_reverse_curse
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
 from maskdiff.presets import PRESETS, get_preset, parameter_count
 from maskdiff.sampling import GRIDS, RULES
-from maskdiff.training import check_resume_config, train
+from maskdiff.training import check_resume_config, finetune, train
+from maskdiff.training.loop import StartFrom, TrainResult
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -65,12 +69,17 @@ def cmd_train(args) -> int:
         cfg = get_preset(args.preset or "tiny").with_overrides(overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(cfg, run_dir, resume=resume, progress=not args.quiet)
+    return report_training(result, "train")
+
+
+def report_training(result: TrainResult, command: str) -> int:
+    """What `train` and `finetune` print at the end of a run (or when a signal stopped it)."""
     if not result.is_main:
         return 0
     if result.stopped_by is not None:
         print(
             f"stopped by {result.stopped_by} after step {result.steps}; checkpoint: {result.checkpoint}\n"
-            f"resume with: maskdiff train --out {result.run_dir} --resume"
+            f"resume with: maskdiff {command} --out {result.run_dir} --resume"
         )
         return 0
     v = result.valid
@@ -84,6 +93,38 @@ def cmd_train(args) -> int:
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
     )
     return 0
+
+
+def cmd_finetune(args) -> int:
+    if args.resume is not None and args.out is None:
+        raise MaskdiffError(f"--resume{' auto' if args.resume == 'auto' else ''} needs --out DIR, the fine-tuning run to continue")
+    latest = latest_checkpoint(Path(args.out)) if args.out else None
+    resume = args.resume == "yes" or (args.resume == "auto" and latest is not None)
+    if not resume:
+        missing = [flag for flag, value in (("--checkpoint RUN", args.checkpoint), ("--data PAIRS", args.data)) if value is None]
+        if missing:
+            raise MaskdiffError(f"a new fine-tuning run needs {' and '.join(missing)} (or --out DIR --resume to continue one)")
+        result = finetune(args.checkpoint, args.data, args.eos, args.out, list(args.set or []), args.weights, progress=not args.quiet)
+        return report_training(result, "finetune")
+    # continue the run in --out exactly like `maskdiff train --resume`: --data and --eos, when
+    # given, must be the run's own (a change is refused with both values), as must --checkpoint
+    run_dir = Path(args.out)
+    overrides = list(args.set or [])
+    overrides += [f"data.path={args.data}"] if args.data is not None else []
+    overrides += [f"data.eos={args.eos}"] if args.eos is not None else []
+    cfg = RunConfig.load(run_dir / "config.json").with_overrides(overrides)
+    if cfg.data.format != "pairs":
+        raise MaskdiffError(f"{run_dir} is not a fine-tuning run (its data format is {cfg.data.format}); continue it with maskdiff train --resume")
+    check_resume_config(run_dir, cfg)
+    if args.checkpoint is not None:
+        record = json.loads((run_dir / StartFrom.FILE).read_text(encoding="utf-8")) if (run_dir / StartFrom.FILE).is_file() else {}
+        started = record.get("source_run")
+        if started is not None and Path(args.checkpoint).resolve() not in {Path(started).resolve(), Path(record["source_checkpoint"]).resolve()}:
+            raise MaskdiffError(f"{run_dir} was fine-tuned from {started}, not {args.checkpoint}; drop --checkpoint to continue it")
+    if args.resume == "auto" and latest is not None and checkpoint_step(latest) >= cfg.train.steps:
+        print(f"{run_dir} already finished {checkpoint_step(latest)} of train.steps={cfg.train.steps} steps; nothing to do")
+        return 0
+    return report_training(train(cfg, run_dir, resume=True, progress=not args.quiet), "finetune")
 
 
 TEXT_ONLY = ("prompt", "infill", "eos", "length")
@@ -152,6 +193,8 @@ def _sample_text(args) -> int:
         for text in texts:
             print(text, file=sys.stderr)
 
+    # a fine-tuned run cuts at its own end of text without --eos
+    cut: dict[str, Any] = {"truncate_after_eos": True} if args.eos is not None else {}
     gen = generate_text(
         args.checkpoint,
         num_samples=4 if args.num_samples is None else args.num_samples,
@@ -166,7 +209,7 @@ def _sample_text(args) -> int:
         progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
         min_length=args.min_length,
-        truncate_after_eos=args.eos is not None,
+        **cut,
         **_rule_options(args),
     )
     output = join_samples(gen.texts)
@@ -184,6 +227,8 @@ def _sample_text(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.task == "reverse-curse":
+        return eval_reverse_curse(args)
     if args.samples is not None:
         return eval_samples(args)
     if args.judge is not None:
@@ -224,6 +269,52 @@ def cmd_eval(args) -> int:
         print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
     print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    return 0
+
+
+def eval_reverse_curse(args) -> int:
+    """`maskdiff eval --task reverse-curse`: exact-match accuracy on the questions of a facts folder."""
+    if args.checkpoint is None or args.data is None:
+        raise MaskdiffError("--task reverse-curse needs --checkpoint RUN and --data FACTS (a folder written by `maskdiff facts`, or its test.jsonl)")
+    ignored = {
+        "--samples": args.samples is not None,
+        "--judge": args.judge is not None,
+        "--mc-samples": args.mc_samples != 1,
+        "--timesteps": args.timesteps is not None,
+        "--chain-rule": args.chain_rule,
+        "--length": args.length is not None,
+        "--max-sequences": args.max_sequences is not None,
+        "--skip-unknown": args.skip_unknown,
+    }
+    used = [flag for flag, given in ignored.items() if given]
+    if used:
+        raise MaskdiffError(f"{', '.join(used)} do{'es' if len(used) == 1 else ''} not apply to --task reverse-curse (greedy decoding, exact match)")
+    table, info = evaluate_reverse_curse(args.checkpoint, args.data, batch_size=args.batch_size, precision=args.precision)
+    if args.json:
+        groups = {g: {d: table[(d, g)].to_dict() for d in COLUMNS} for g in GROUPS}
+        headline = {d: table[(d, "one-way")].to_dict()["accuracy"] for d in COLUMNS}  # the one-way entities: the test
+        print(json.dumps({**headline, "groups": groups, **info}, ensure_ascii=False))
+        return 0
+    print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
+    print(f"questions:  {info['data']}: {info['num_questions']} questions; {info['decoding']}")
+    print(f"{'exact match':12s}" + "".join(f"{d:>20s}" for d in COLUMNS))
+    for group in GROUPS:
+        cells = [table[(d, group)] for d in COLUMNS]
+        if any(c.total for c in cells):
+            print(f"{group:12s}" + "".join(f"{f'{c.correct}/{c.total} = {c.accuracy:.3f}' if c.total else '-':>20s}" for c in cells))
+    return 0
+
+
+def cmd_facts(args) -> int:
+    folder = write_facts(make_facts(args.one_way, args.both_ways, args.seed, args.syllables), args.out)
+    facts = json.loads((folder / "facts.json").read_text(encoding="utf-8"))
+    example = facts["entities"][0]
+    print(
+        f"{folder}: {facts['one_way']} one-way entities (trained name -> description) and {facts['both_ways']} both-ways ones, seed {args.seed}\n"
+        f"e.g. {example['name']} is the {example['description']}.\n"
+        f"train: maskdiff train --preset tiny --set data.format=pairs --data {folder} --set data.eos='|' --set data.seq_len=32\n"
+        f"test:  maskdiff eval --checkpoint RUN --task reverse-curse --data {folder}"
+    )
     return 0
 
 
@@ -295,6 +386,42 @@ def build_parser() -> Parser:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser(
+        "finetune",
+        help="fine-tune a text run on prompt/response pairs",
+        description="Conditional fine-tuning (SMDM): a new run that starts from RUN's EMA (or raw) weights and trains on "
+        'JSONL pairs {"prompt": ..., "response": ...}. Each example is prompt + response + end of text, padded with the '
+        "end of text to the sequence length; only the response and its end of text are scored (a diffusion model never "
+        "masks the prompt or the padding; an autoregressive one does not score them). The new run keeps RUN's network, "
+        "objective and vocabulary; it trains 200 steps at a tenth of RUN's learning rate (change with --set train.*), "
+        "resumes like any run (--out DIR --resume), and its samples stop at the end of text.",
+    )
+    p.add_argument("--checkpoint", metavar="RUN", help="the run to start from: a run folder or one of its checkpoints (a new run)")
+    p.add_argument("--data", metavar="PAIRS", help="JSONL file of prompt/response pairs, or a folder with train.jsonl (valid.jsonl, test.jsonl)")
+    p.add_argument(
+        "--eos",
+        metavar="CHAR",
+        help="end-of-text character: one character of RUN's vocabulary that the pairs never use (an error names candidates)",
+    )
+    p.add_argument("--out", metavar="DIR", help="the new run folder (default: next to RUN, RUN-ft-TIMESTAMP)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override train.* (e.g. train.steps=500, train.lr=1e-4), data.seq_len, data.valid_fraction or data.test_fraction (repeatable)",
+    )
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="start from RUN's EMA or raw weights (default ema)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=("yes", "auto"),
+        help="continue the fine-tuning run in --out from its newest intact checkpoint; '--resume auto' starts it if it has none",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads(p)
+    p.set_defaults(handler=cmd_finetune)
+
+    p = sub.add_parser(
         "sample",
         help="generate text or images from a checkpoint",
         description="Generate text by running the reverse process. Rules (--method): " + rule_summaries() + ". "
@@ -325,7 +452,9 @@ def build_parser() -> Parser:
         help="images: region of --inpaint kept (half of the image, the center square, or all but it; default top)",
     )
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
-    p.add_argument("--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence")
+    p.add_argument(
+        "--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence (default: a fine-tuned run's own, else none)"
+    )
     p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
     p.add_argument(
         "--no-cache",
@@ -351,7 +480,17 @@ def build_parser() -> Parser:
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
     p.add_argument(
-        "--data", metavar="FILE", help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus)"
+        "--data",
+        metavar="FILE",
+        help="UTF-8 text file to evaluate zero-shot through the checkpoint's tokenizer (default: the run's own corpus); "
+        "a run trained on prompt/response pairs reads a JSONL file of pairs; --task reverse-curse: a folder from `maskdiff facts`",
+    )
+    p.add_argument(
+        "--task",
+        choices=("likelihood", "reverse-curse"),
+        default="likelihood",
+        help="likelihood (default: the bound or exact likelihood) or reverse-curse: exact-match accuracy on the questions of "
+        "--data in both directions (autoregressive runs decode greedily; diffusion runs decode an answer slot of the known length)",
     )
     p.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split of the run's corpus without --data (default test)")
     p.add_argument(
@@ -381,6 +520,22 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "facts",
+        help="write synthetic facts for the reverse-curse task",
+        description='Write a folder of invented facts "<name> is the <description>." for the reverse curse: train.jsonl '
+        "(one-way entities stated name -> description only, both-ways entities in both directions), valid.jsonl (the same "
+        "statements), test.jsonl (questions in both directions about every entity, each with one answer), infill.jsonl "
+        "(the reverse question as a blank in the trained sentence, for masked diffusion runs) and facts.json. "
+        "Names and descriptions are all distinct; the two groups are disjoint.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not hold facts already)")
+    p.add_argument("--one-way", type=int, default=100, metavar="N", help="entities trained name -> description only: the test (default 100)")
+    p.add_argument("--both-ways", type=int, default=50, metavar="M", help="entities trained in both directions: the control (default 50)")
+    p.add_argument("--syllables", type=int, default=2, help="syllables of every invented name (default 2, e.g. 'Toma')")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the names and descriptions (default 0)")
+    p.set_defaults(handler=cmd_facts)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")

@@ -65,15 +65,22 @@ class DiffusionConfig(Section):
 
 @dataclass
 class DataConfig(Section):
-    path: str = option("", "UTF-8 text file to train on; empty: the built-in Shakespeare corpus (images: file or folder)")
+    path: str = option(
+        "",
+        "UTF-8 text file to train on; empty: the built-in Shakespeare corpus (images: file or folder; "
+        "pairs: a JSONL file of prompt/response pairs or a folder with train.jsonl, valid.jsonl, test.jsonl)",
+    )
     seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
     test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
     format: str = option(
-        "text", "a registered data format: text, or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)"
+        "text",
+        "a registered data format: text, pairs (prompt/response JSONL for conditional fine-tuning), "
+        "or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)",
     )
     image_size: int = option(0, "images: height = width in pixels")
     channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
+    eos: str = option("", "pairs: the end-of-text character that ends every response and pads the sequence (samples are cut at it)")
 
     @property
     def modality(self) -> str:
@@ -86,6 +93,10 @@ class DataConfig(Section):
             out.append("data.seq_len must be >= 1")
         if self.format not in FORMATS:
             out.append(f"data.format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        elif self.format == "pairs" and len(self.eos) != 1:
+            out.append(f"data.format=pairs needs data.eos, the end-of-text character (exactly one character), not {self.eos!r}")
+        elif self.format != "pairs" and self.eos:
+            out.append("data.eos applies to data.format=pairs")
         elif self.modality == "image":
             if self.image_size < 1 or self.channels not in (1, 3, 4):
                 out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")

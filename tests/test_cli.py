@@ -85,7 +85,16 @@ def test_presets_listing_and_show(capsys):
     assert code == 0 and "train.steps = " in out and "# optimizer steps" in out
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "eval", "presets"])
+def subcommands() -> list[str]:
+    actions = [a for a in build_parser()._actions if a.dest == "command"]
+    return list(actions[0].choices)
+
+
+def test_the_subcommands_are_all_here():
+    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets"}
+
+
+@pytest.mark.parametrize("command", subcommands())
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -22,6 +22,12 @@ class Splits:
             raise MaskdiffError(f"unknown split {name!r}; choose train, valid or test")
         return getattr(self, name)
 
+    def loss_mask(self, name: str) -> torch.Tensor | None:
+        """Which tokens of a split are scored, a flat bool tensor like the split's tokens (pairs:
+        responses and their end of text), or None: every token."""
+        self.get(name)
+        return None
+
 
 def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from maskdiff.checkpoint import load_run
-from maskdiff.data import chunks, prepare_data, read_text
+from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
+from maskdiff.data.pairs import encode_pairs, read_pairs
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import evaluate_nelbo
 from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
 from maskdiff.evaluation.results import EvalResult
 from maskdiff.hardware import resolve_device, resolve_precision
+from maskdiff.tokenizer import CharTokenizer
 
 
 def encode_corpus(tokenizer, text: str, source: str, skip_unknown: bool = False) -> tuple[torch.Tensor, dict]:
@@ -51,6 +53,11 @@ def evaluate_checkpoint(
     file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
     encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
 
+    A run trained on prompt/response pairs (``data.format=pairs``) is evaluated on pairs: its
+    own splits, or a ``data`` JSONL file of them, with the bound (or exact likelihood) of each
+    response and its end-of-text given the prompt, per scored token; every example is one
+    sequence of the run's length (``length`` cannot change) and ``chain_rule`` is refused.
+
     Returns the result and a description of what was evaluated (checkpoint, data, unit, ...).
     """
     if mc_samples < 1:
@@ -69,19 +76,35 @@ def evaluate_checkpoint(
     if length < 1:
         raise MaskdiffError(f"length must be >= 1, got {length}")
     skipped: dict = {}
-    if data:
+    masks = None
+    pairs = run.config.data.format == "pairs"
+    if pairs and (length != run.config.data.seq_len or chain_rule):
+        raise MaskdiffError(
+            "this run was trained on prompt/response pairs: it is evaluated on its examples as they were padded "
+            f"(length {run.config.data.seq_len}), with the bound of each response given its prompt; drop --length and --chain-rule"
+        )
+    if data and pairs:
+        source = str(data)
+        assert isinstance(run.tokenizer, CharTokenizer)  # pairs are text
+        sequences, masks = encode_pairs(read_pairs(data), run.tokenizer, run.config.data.eos, length, data)
+    elif data:
         source = str(data)
         tokens, skipped = encode_corpus(run.tokenizer, read_text(data), f"corpus {source!r}", skip_unknown)
+        sequences = chunks(tokens, length)
     else:
         _, splits = prepare_data(run.config.data, run.tokenizer)
-        tokens = splits.get(split)
+        if pairs:
+            sequences, masks = evaluation_sequences(splits, split, length)
+        else:
+            sequences = chunks(splits.get(split), length)
         source = f"{run.config.data.path or 'built-in corpus'} ({split} split)"
-    sequences = chunks(tokens, length)[:max_sequences]
+    sequences = sequences[:max_sequences]
+    masks = None if masks is None else masks[:max_sequences]
     dtype = resolve_precision(precision, dev)
     if chain_rule:
         result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)
     else:
-        result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress)
+        result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress, loss_masks=masks)
     info = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,

@@ -36,12 +36,19 @@ class EvalResult:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
-def summarize(per_sequence: torch.Tensor, length: int, timesteps: int | None = None, estimator: str = "nelbo") -> EvalResult:
+def summarize(
+    per_sequence: torch.Tensor, length: int, timesteps: int | None = None, estimator: str = "nelbo", scored: torch.Tensor | None = None
+) -> EvalResult:
     """EvalResult from nats per sequence [N, K] (K estimates of each of N sequences of ``length`` tokens).
 
     ``estimator`` names what the numbers are: ``"nelbo"`` (Monte Carlo bounds), ``"chain_rule"``
-    or ``"exact"`` (deterministic, so their Monte Carlo error is 0).
+    or ``"exact"`` (deterministic, so their Monte Carlo error is 0). ``scored`` [N] counts the
+    tokens each sequence's value covers when not all ``length`` are (prompt/response pairs score
+    the responses): the result is then per scored token, the total over the total, with the
+    standard error of that ratio (delta method).
     """
+    if scored is not None:
+        return _summarize_scored(per_sequence, scored.double(), timesteps, estimator)
     num, samples = per_sequence.shape
     per_token = per_sequence.double() / length  # [N, K]
     nats = per_token.mean(dim=1)  # [N]
@@ -70,6 +77,41 @@ def summarize(per_sequence: torch.Tensor, length: int, timesteps: int | None = N
         perplexity_stderr=ppl * stderr_nats,
         num_sequences=num,
         num_tokens=num * length,
+        samples_per_sequence=samples,
+        timesteps=timesteps,
+        estimator=estimator,
+    )
+
+
+def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timesteps: int | None, estimator: str) -> EvalResult:
+    """:func:`summarize` for sequences that score ``scored`` [N] tokens each: the ratio of totals."""
+    num, samples = per_sequence.shape
+    per_sequence = per_sequence.double()
+    nats_seq = per_sequence.mean(dim=1)  # [N]
+    mean_nats = (nats_seq.sum() / scored.sum()).item()
+    # Var(sum a / sum b) ~ Var(a - r b) / (N mean(b)^2) over sequences
+    if num > 1:
+        stderr_nats = ((nats_seq - mean_nats * scored).std(unbiased=True) / (math.sqrt(num) * scored.mean())).item()
+    elif samples > 1:
+        stderr_nats = (per_sequence[0].std(unbiased=True) / (math.sqrt(samples) * scored[0])).item()
+    else:
+        stderr_nats = float("nan")
+    if estimator != "nelbo":
+        mc_stderr: float | None = 0.0
+    elif samples > 1:
+        mc_stderr = math.sqrt(per_sequence.var(dim=1, unbiased=True).sum().item() / samples) / scored.sum().item() / math.log(2)
+    else:
+        mc_stderr = None
+    ppl = math.exp(mean_nats)
+    return EvalResult(
+        bits_per_token=mean_nats / math.log(2),
+        bits_per_token_stderr=stderr_nats / math.log(2),
+        bits_per_token_mc_stderr=mc_stderr,
+        nats_per_token=mean_nats,
+        perplexity=ppl,
+        perplexity_stderr=ppl * stderr_nats,
+        num_sequences=num,
+        num_tokens=int(scored.sum().item()),
         samples_per_sequence=samples,
         timesteps=timesteps,
         estimator=estimator,

@@ -125,14 +125,26 @@ def generate_from_run(
 
     ``sampler_options`` are fields of :class:`maskdiff.sampling.SamplerOptions` (method, grid,
     temperature, top_k, top_p, cfg, min_length, truncate_after_eos, ...). ``eos`` is the text of
-    the end-of-text token. ``dtype`` is the autocast precision (None: fp32). ``on_step(step,
-    texts)`` sees every intermediate state with masks shown as underscores.
+    the end-of-text token; a run trained on prompt/response pairs (``maskdiff finetune``) records
+    its own (``data.eos``), which is the default, with the samples cut at it. ``dtype`` is the
+    autocast precision (None: fp32). ``on_step(step, texts)`` sees every intermediate state with
+    masks shown as underscores.
     """
     mask_id = run.model.mask_id
-    length = run.config.data.seq_len if length is None else length
+    if eos is None and run.config.data.eos:
+        eos = run.config.data.eos
+        sampler_options.setdefault("truncate_after_eos", True)
+    seq_len = run.config.data.seq_len
+    length = seq_len if length is None else length
     given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
     if given_row is not None:
         length = given_row.numel()
+    padded = given_padding(run, length)
+    if padded:  # the padding after the response, given as in training (maskdiff/data/pairs.py)
+        pad = torch.full((padded,), int(run.tokenizer.encode(run.config.data.eos)[0]), dtype=torch.long)
+        free = torch.full((length,), mask_id, dtype=torch.long)
+        given_row = torch.cat([free if given_row is None else given_row, pad])
+        length += padded
     if eos is not None:
         eos_ids = run.tokenizer.encode(eos)
         if eos_ids.numel() != 1:
@@ -161,8 +173,18 @@ def generate_from_run(
         on_step=show,
     )
     cut = options.eos_id if options.truncate_after_eos else None
-    texts = [decode(run.tokenizer, row, cut) for row in result.final.z.tolist()]
+    texts = [decode(run.tokenizer, row[: length - padded], cut) for row in result.final.z.tolist()]
     return Generation(texts, result.seconds, num_samples * length / result.seconds, result.final.nfe)
+
+
+def given_padding(run: LoadedRun, length: int) -> int:
+    """How many padding positions to give after ``length`` generated ones: for a masked diffusion run
+    trained on prompt/response pairs, up to the run's sequence length (it learned where a response
+    ends from the given padding, so ``length`` is prompt + response + end of text); else none."""
+    data = run.config.data
+    if data.format != "pairs" or run.model.left_to_right:
+        return 0
+    return max(0, data.seq_len - length)
 
 
 def decode(tokenizer, ids: list[int], cut_at: int | None = None) -> str:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, Objective
+from maskdiff.objectives.base import Denoiser, Objective, sum_scored
 from maskdiff.sampling import SamplerOptions, SampleStreams, Step, categorical, filter_probs
 from maskdiff.sampling.loop import initial_state
 
@@ -48,6 +48,7 @@ class Autoregressive(Objective):
     """
 
     estimator = "exact"
+    left_to_right = True
 
     def __init__(self, denoiser: Denoiser, vocab_size: int | None):
         super().__init__()
@@ -70,10 +71,18 @@ class Autoregressive(Objective):
         return self.denoiser(inputs, torch.zeros(inputs.shape[0], device=inputs.device))
 
     def nelbo(
-        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The exact negative log-likelihood -log p(x0) in nats per sequence [B], cross-entropy in float32.
 
+        With ``loss_mask`` [B, L] (bool) only its positions are scored, each given every token
+        before it: the exact -log p(x0[loss_mask] | the rest) when the unscored positions come
+        first (a prompt) or after the scored ones (padding after the end of text).
         ``timesteps`` and ``generator`` are accepted for the :class:`Objective` interface and
         ignored: there is no time and nothing random. ``labels`` are refused (no class-conditional
         network is causal).
@@ -82,11 +91,18 @@ class Autoregressive(Objective):
             raise MaskdiffError("the autoregressive model takes no class labels")
         logits = self.predict(self.shift_right(x0))
         ce = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), x0.reshape(-1), reduction="none")
-        return ce.view(x0.shape).sum(-1)
+        return sum_scored(ce.view(x0.shape), loss_mask)
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token cross-entropy, nats per sequence [B]: the negative log-likelihood itself."""
-        return self.nelbo(x0, labels=labels)
+    def train_loss(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy, nats per sequence [B]: the negative log-likelihood itself
+        (of the ``loss_mask`` positions when given)."""
+        return self.nelbo(x0, labels=labels, loss_mask=loss_mask)
 
     def num_parameters(self) -> int:
         return self.denoiser.num_parameters()  # type: ignore[attr-defined]

@@ -8,12 +8,20 @@ denoiser is any callable ``(z_t [B, L], t [B]) -> logits [B, L, V]``; it never p
 One estimate of the bound is always the same four moves::
 
     t    = draw_times(B)                         stratified across the batch
-    z_t  = mask_tokens(x0, keep_probability(x0, t))
+    z_t  = mask_tokens(x0, keep_probability(x0, t), maskable=loss_mask)
     loss = loss_from_logits(predict(z_t, t), x0, z_t, t)     the weighted masked cross-entropy
-         + boundary_terms(x0)                                 closed forms outside the integral
+         + boundary_terms(x0, loss_mask)                      closed forms outside the integral
 
 and an objective (MD4, GenMD4) supplies only what differs: its keep probabilities, its weights
 (``loss_from_logits``) and its boundary terms.
+
+Conditional training (SMDM's conditional fine-tuning, ``maskdiff finetune``): an optional
+``loss_mask`` [B, L] (bool) marks the positions that are generated and scored, e.g. a response
+and its end-of-text. The others (the prompt, padding) are given: the forward process never
+masks them (:func:`mask_tokens` with ``maskable``), so the masked cross-entropy never scores
+them, and the boundary terms leave them out (:func:`sum_scored`). The result is the same bound
+for -log p(scored part | given part). An autoregressive objective scores its next-token loss on
+the same positions (the others are context). Without a loss mask every position is scored.
 """
 
 from __future__ import annotations
@@ -52,10 +60,26 @@ def stratified_grid_times(batch: int, device, timesteps: int | None, generator: 
     return t
 
 
-def mask_tokens(x0: torch.Tensor, alpha_t: torch.Tensor, mask_id: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Forward process q(z_t | x0): keep each token with probability alpha_t ([B], or [B, L] per token), else mask.  -> [B, L]"""
+def mask_tokens(
+    x0: torch.Tensor, alpha_t: torch.Tensor, mask_id: int, generator: torch.Generator | None, maskable: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Forward process q(z_t | x0): keep each token with probability alpha_t ([B], or [B, L] per token), else mask.  -> [B, L]
+
+    ``maskable`` [B, L] (bool; None: every position) limits the masking to those positions; the
+    others are given, always kept. The same uniform draws are made either way.
+    """
     keep = uniform_draws(x0.shape, generator, x0.device, alpha_t.dtype) < (alpha_t[:, None] if alpha_t.ndim == 1 else alpha_t)
+    if maskable is not None:
+        keep = keep | ~maskable.to(device=x0.device, dtype=torch.bool)
     return torch.where(keep, x0, torch.full_like(x0, mask_id))
+
+
+def sum_scored(per_position: torch.Tensor, loss_mask: torch.Tensor | None) -> torch.Tensor:
+    """The sum over the scored positions of per-position losses [B, L]: those of ``loss_mask``
+    [B, L] (bool), or every position when it is None.  -> [B]"""
+    if loss_mask is None:
+        return per_position.sum(-1)
+    return (per_position * loss_mask.to(per_position.device)).sum(-1)
 
 
 def discrete_grid_previous(t: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -81,6 +105,7 @@ class Objective(nn.Module):
     """
 
     estimator = "nelbo"  # what nelbo() returns: a Monte Carlo bound ("nelbo") or the exact NLL ("exact")
+    left_to_right = False  # generates only after a prefix (no position after a fixed one): the autoregressive model
     vocab_size: int
     mask_id: int  # the id that marks free positions in ``given`` (and masked inputs of a diffusion model)
 
@@ -88,14 +113,30 @@ class Objective(nn.Module):
         """The training loss, so that wrappers such as DistributedDataParallel see it as forward()."""
         return self.train_loss(x0, generator=generator, **conditioning)
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """What the trainer minimises, in nats per sequence [B]."""
+    def train_loss(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the trainer minimises, in nats per sequence [B].
+
+        ``loss_mask`` [B, L] (bool) restricts the loss to its positions, the rest being given
+        (conditional fine-tuning; see the module docstring); None scores every position.
+        """
         raise NotImplementedError
 
     def nelbo(
-        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The negative log-likelihood of x0 [B, L] in nats per sequence [B], or an upper bound on it."""
+        """The negative log-likelihood of x0 [B, L] in nats per sequence [B], or an upper bound on it;
+        with ``loss_mask``, of its positions given the others."""
         raise NotImplementedError
 
     def iterate(self, num_samples: int, length: int, steps: int, **options) -> Iterator[Step]:
@@ -198,8 +239,9 @@ class DiffusionModel(Objective):
         """The one-sample estimate (nats per sequence [B]) of the integral for given logits, masks and t."""
         raise NotImplementedError
 
-    def boundary_terms(self, x0: torch.Tensor) -> torch.Tensor | None:
-        """Closed-form terms of the bound outside the integral, nats per sequence [B] (None: there are none)."""
+    def boundary_terms(self, x0: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Closed-form terms of the bound outside the integral, nats per sequence [B] (None: there are none),
+        summed over the positions of ``loss_mask`` (all when None)."""
         return None
 
     def draw_times(self, batch: int, device, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -207,25 +249,37 @@ class DiffusionModel(Objective):
         return stratified_grid_times(batch, device, timesteps, generator)
 
     def nelbo(
-        self, x0: torch.Tensor, timesteps: int | None = None, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+        self,
+        x0: torch.Tensor,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence [B], t stratified across the batch.
 
         ``timesteps=T`` gives the discrete-time bound with T steps (looser; tends to the
         continuous one as T grows). ``labels`` [B] (class-conditional denoisers only) are passed
-        to the denoiser as ``labels=``.
+        to the denoiser as ``labels=``. ``loss_mask`` [B, L] (bool): only those positions are
+        masked and scored, the others are given, so this bounds -log p(x0[loss_mask] | the rest).
         """
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
         t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
-        z_t = mask_tokens(x0, self.keep_probability(x0, t).detach(), self.mask_id, generator)
-        loss = self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)
-        boundary = self.boundary_terms(x0)
+        z_t = mask_tokens(x0, self.keep_probability(x0, t).detach(), self.mask_id, generator, maskable=loss_mask)
+        loss = self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)  # scores masked positions only
+        boundary = self.boundary_terms(x0, loss_mask)
         return loss if boundary is None else loss + boundary
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def train_loss(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """What the trainer minimises, in nats per sequence [B]: by default the NELBO itself."""
-        return self.nelbo(x0, generator=generator, labels=labels)
+        return self.nelbo(x0, generator=generator, labels=labels, loss_mask=loss_mask)
 
     # ----------------------------------------------------------------- generation
     def iterate(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times
+from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times, sum_scored
 from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
 
@@ -129,23 +129,24 @@ class GenMD4(DiffusionModel):
             scale = timesteps
         return scale * (per_position * masked).sum(-1)
 
-    def boundary_terms(self, x0: torch.Tensor) -> torch.Tensor:
+    def boundary_terms(self, x0: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction at t1 plus the prior term at t = 1, closed forms in nats per sequence.  -> [B]
 
         Reconstruction: a token of value x is masked at t1 with probability m_x = 1 - alpha_x(t1)
         and then costs -log c_x with c_v = m_v / sum_u m_u. Prior: z_1 against the distribution that
-        keeps a token with probability eps (uniform value) and masks it otherwise.
+        keeps a token with probability eps (uniform value) and masks it otherwise. Both are sums
+        over positions, taken over those of ``loss_mask`` (given positions are never masked).
         """
         schedule = self.schedule
         ends = torch.tensor([self.t1, 1.0], device=x0.device)
         alpha_t1, alpha_1 = schedule.alpha(ends).float()  # [V] each
         masked_t1 = 1 - alpha_t1
         log_c = masked_t1.log() - masked_t1.sum().log()
-        recon = -(masked_t1 * log_c)[x0].sum(-1)
+        recon = -(masked_t1 * log_c)[x0]  # [B, L]
         keep = alpha_1[x0]  # [B, L]
         eps, vocab = self.eps, self.vocab_size
         prior = (1 - keep) * (torch.log1p(-keep) - math.log1p(-eps)) + keep * (keep.log() - math.log(eps / vocab))
-        return recon + prior.sum(-1)
+        return sum_scored(recon, loss_mask) + sum_scored(prior, loss_mask)
 
     def draw_times(self, batch: int, device, timesteps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stratified t in [t1, 1] across the batch; on the grid t1 + (1 - t1) i/T when ``timesteps=T``.  -> [B]"""
@@ -160,31 +161,38 @@ class GenMD4(DiffusionModel):
         """alpha_{x_i}(t): the chance that each token of x0 [B, L] is kept at t [B].  -> [B, L]"""
         return per_token(self.schedule.alpha(t), x0)
 
-    def log_q(self, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log q(z_t | x0) of a masking, differentiable in w.  -> [B]"""
-        return self._log_q(self.keep_probability(x0, t), z_t)
+    def log_q(self, x0: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(z_t | x0) of a masking, differentiable in w (given positions, outside ``loss_mask``, are not random).  -> [B]"""
+        return self._log_q(self.keep_probability(x0, t), z_t, loss_mask)
 
-    def _log_q(self, keep: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
-        """log q(z_t | x0) from the tokens' keep probabilities keep [B, L].  -> [B]"""
-        return torch.where(z_t == self.mask_id, torch.log1p(-keep), keep.log()).sum(-1)
+    def _log_q(self, keep: torch.Tensor, z_t: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(z_t | x0) from the tokens' keep probabilities keep [B, L], over the maskable positions.  -> [B]"""
+        return sum_scored(torch.where(z_t == self.mask_id, torch.log1p(-keep), keep.log()), loss_mask)
 
-    def train_loss(self, x0: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def train_loss(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The NELBO averaged over two maskings at the same t, with the RLOO gradient for w.  -> [B]
 
         Its value is the bound; its gradient adds 0.5 (l1 - l2) grad(log q(z1) - log q(z2)),
         the score-function term of the masks' dependence on w with a leave-one-out baseline.
+        With ``loss_mask`` both maskings leave the other positions given (as in :meth:`nelbo`).
         """
         batch = x0.shape[0]
         t = self.draw_times(batch, x0.device, None, generator)
         keep = self.keep_probability(x0, t)  # [B, L], differentiable in w
-        z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
-        z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator)
+        z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask)
+        z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask)
         both_labels = None if labels is None else torch.cat([labels, labels])
         logits = self.predict(torch.cat([z1, z2]), torch.cat([t, t]), both_labels)  # both maskings in one call
         l1 = self.loss_from_logits(logits[:batch], x0, z1, t)
         l2 = self.loss_from_logits(logits[batch:], x0, z2, t)
-        score = 0.5 * (l1 - l2).detach() * (self._log_q(keep, z1) - self._log_q(keep, z2))
-        bound = 0.5 * (l1 + l2) + self.boundary_terms(x0)
+        score = 0.5 * (l1 - l2).detach() * (self._log_q(keep, z1, loss_mask) - self._log_q(keep, z2, loss_mask))
+        bound = 0.5 * (l1 + l2) + self.boundary_terms(x0, loss_mask)
         return bound + (score - score.detach())  # zero in value, the RLOO term in gradient
 
     def write_artifacts(self, run_dir: Path, token_labels: list[str]) -> list[Path]:

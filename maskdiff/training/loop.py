@@ -11,10 +11,11 @@ the last checkpoint left off.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint
 from maskdiff.config import RESUMABLE_KEYS, RunConfig, resume_conflicts
-from maskdiff.data import chunks, prepare_data
+from maskdiff.data import evaluation_sequences, prepare_data
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
 from maskdiff.hardware import resolve_device, resolve_precision
@@ -49,6 +50,18 @@ class TrainResult:
     is_main: bool = True  # False on the other processes of a torchrun job
     unit: str = "token"  # what one token is: "char" for character models
     stopped_by: str | None = None  # the signal that stopped the run early (SIGTERM, SIGINT)
+
+
+@dataclass
+class StartFrom:
+    """Where a new run starts instead of from scratch (fine-tuning, :mod:`maskdiff.training.finetune`):
+    another run's weights and the vocabulary they were trained with."""
+
+    weights: Path  # a model.safetensors or ema.safetensors file whose network fits the config
+    tokenizer: Tokenizer  # the vocabulary of those weights (the embedding fits only it)
+    record: dict = field(default_factory=dict)  # what the run folder records about the start, RUN/finetune.json
+
+    FILE = "finetune.json"
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -89,13 +102,18 @@ def create_run_dir(run_dir: Path) -> None:
         raise MaskdiffError(f"cannot create run folder {str(run_dir)!r}: {err.strerror}") from None
 
 
-def write_run_files(run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, resume: bool, ctx: distributed.Context) -> None:
-    """Create the run folder with its config (and tokenizer, for a new run); rank 0 writes."""
+def write_run_files(
+    run_dir: Path, cfg: RunConfig, tokenizer: Tokenizer, resume: bool, ctx: distributed.Context, start_from: StartFrom | None = None
+) -> None:
+    """Create the run folder with its config (and tokenizer, for a new run, and where a fine-tuned
+    run started from); rank 0 writes."""
     distributed.barrier(ctx)
     if ctx.is_main:
         create_run_dir(run_dir)
         if not resume:
             tokenizer.save(run_dir / "tokenizer.json")
+            if start_from is not None:
+                (run_dir / StartFrom.FILE).write_text(json.dumps(start_from.record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         cfg.save(run_dir / "config.json")
 
 
@@ -142,22 +160,26 @@ class Window:
 
 
 # ---------------------------------------------------------------------------- the run
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, start_from: StartFrom | None = None) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
 
     Under ``torchrun`` every process trains on its own random crops with DistributedDataParallel;
     rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a checkpoint of the
-    current step (``TrainResult.stopped_by``).
+    current step (``TrainResult.stopped_by``). ``start_from`` (a new run only; fine-tuning)
+    starts the model and its EMA from another run's weights, with that run's vocabulary; a
+    resumed run continues from its own checkpoint whatever it started from.
     """
     run_dir = Path(run_dir)
     ctx, device = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device)
+        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device, None if resume else start_from)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device: torch.device) -> TrainResult:
+def _train(
+    cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device: torch.device, start_from: StartFrom | None
+) -> TrainResult:
     tc = cfg.train
     precision = resolve_precision(tc.precision, device)
 
@@ -165,13 +187,18 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
     # start writes nothing
     check_run_dir(run_dir, resume)
     saved = check_resume_config(run_dir, cfg) if resume else None
-    tokenizer, splits = prepare_data(cfg.data, load_tokenizer(run_dir / "tokenizer.json") if resume else None)
+    given_tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else start_from.tokenizer if start_from else None
+    tokenizer, splits = prepare_data(cfg.data, given_tokenizer)
     state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx.rank)
+    if start_from is not None:
+        state.start_from(start_from.weights)
     if progress:
         tqdm.write(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
-            f"{device.type} {'bf16 autocast' if precision else 'fp32'}" + (f" | {ctx.world_size} processes" if ctx.active else "")
+            f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
+            + (f" | {ctx.world_size} processes" if ctx.active else "")
+            + (f" | starting from {start_from.weights}" if start_from is not None else "")
         )
     checkpoint = None
     if resume:
@@ -179,13 +206,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
         state.restore(checkpoint, ctx, previous_steps=saved.train.steps if saved else None)
         if state.step >= tc.steps:
             raise MaskdiffError(f"the run already finished {state.step} of train.steps={tc.steps}; raise train.steps to go on")
-    write_run_files(run_dir, cfg, tokenizer, resume, ctx)
+    write_run_files(run_dir, cfg, tokenizer, resume, ctx, start_from)
 
     trained = DistributedDataParallel(state.model) if ctx.active else state.model
-    valid = chunks(splits.valid, cfg.data.seq_len)
+    valid, valid_masks = evaluation_sequences(splits, "valid", cfg.data.seq_len)  # masks: the responses of prompt/response pairs
 
-    def evaluate(sequences: torch.Tensor, show: bool = False) -> EvalResult:
-        return evaluate_nelbo(state.eval_model, sequences, tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show)
+    def evaluate(count: int | None = None, show: bool = False) -> EvalResult:
+        masks = None if valid_masks is None else valid_masks[:count]
+        return evaluate_nelbo(state.eval_model, valid[:count], tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show, loss_masks=masks)
 
     log = MetricsLog(run_dir, resume_step=state.step) if ctx.is_main else None
     window = Window(tc.batch_size * tc.grad_accum * cfg.data.seq_len * ctx.world_size, device)
@@ -230,7 +258,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
                 with window.set_aside():
                     stopping = not distributed.all_agree(stop.requested is None, ctx)
                     if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and not stopping:
-                        result = evaluate(valid[: tc.eval_sequences])
+                        result = evaluate(tc.eval_sequences)
                         if log is not None:
                             log.log(step, valid_bits=result.bits_per_token)
                         if progress:
@@ -248,7 +276,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: dis
             return TrainResult(run_dir, checkpoint, state.step, last_bits, None, window.tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
 
         # the end: evaluate on the whole validation split, plot, and let the objective describe itself
-        final = evaluate(valid, show=progress)
+        final = evaluate(show=progress)
         if log is not None:
             log.log(state.step, valid_bits=final.bits_per_token)
     finally:

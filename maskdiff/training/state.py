@@ -71,6 +71,12 @@ class TrainState:
         model.train()
         return cls(model, optimizer, scheduler, batches, noise, device, ema)
 
+    def start_from(self, weights: str | Path) -> None:
+        """Load another run's weights (a safetensors file) into the model and its EMA: the start of a fine-tuning run."""
+        load_weights(self.model, Path(weights))
+        if self.ema is not None:
+            load_weights(self.ema.module, Path(weights))
+
     @property
     def eval_model(self) -> Objective:
         """The weights evaluation and sampling use: the EMA's when there is one."""

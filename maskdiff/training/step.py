@@ -1,8 +1,8 @@
 """One optimizer step: AdamW with warm-up and cosine decay, gradient accumulation, clipping and EMA.
 
-The step knows the objective only through its training loss: ``model(x0, generator, **labels)``
+The step knows the objective only through its training loss: ``model(x0, generator, **conditioning)``
 (``Objective.forward``, i.e. ``train_loss``) returns nats per sequence [B]; the step minimises its
-mean per token. The trainer loop and the throughput benchmark both run :func:`train_step`.
+mean per scored token. The trainer loop and the throughput benchmark both run :func:`train_step`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from maskdiff import distributed
+from maskdiff.data import split_batch
 from maskdiff.hardware import autocast
 from maskdiff.training.state import TrainState
 
@@ -49,9 +50,11 @@ def train_step(
 ) -> StepOutcome:
     """Advance ``state`` by one optimizer step over ``micro_batches`` (gradient accumulation).
 
-    Each micro-batch is ``x0`` [B, L] or ``(x0, labels)``; its loss is the objective's
-    ``model(x0, generator=state.noise, labels=...)`` averaged over the batch and divided by L
-    (nats per token), under bf16 autocast when ``precision`` is ``torch.bfloat16``. ``model`` is
+    Each micro-batch is ``x0`` [B, L], ``(x0, labels)`` or ``{"x0": x0, "loss_mask": ...}``
+    (:func:`maskdiff.data.split_batch`); its loss is the objective's ``model(x0,
+    generator=state.noise, labels=..., loss_mask=...)`` averaged over the batch and divided by L
+    (nats per token), or with a loss mask summed and divided by the number of scored tokens,
+    under bf16 autocast when ``precision`` is ``torch.bfloat16``. ``model`` is
     the module that computes the loss: ``state.model`` (the default) or a DistributedDataParallel
     wrapper of it, which then averages the gradients once, on the last micro-batch. ``ctx`` is
     this process's place in a ``torchrun`` job (None: a single process).
@@ -68,17 +71,21 @@ def train_step(
     device, accum = state.device, len(micro_batches)
     step_loss = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
-        # class-conditional image batches come with labels, which go to the denoiser
-        x0, labels = batch if isinstance(batch, tuple) else (batch, None)
+        # class-conditional image batches come with labels, which go to the denoiser, and
+        # prompt/response pairs with the loss mask of their responses
+        x0, conditioning = split_batch(batch)
         x0 = x0.to(device, non_blocking=True)
-        extra = {} if labels is None else {"labels": labels.to(device, non_blocking=True)}
+        extra = {key: value.to(device, non_blocking=True) for key, value in conditioning.items()}
+        scored = extra.get("loss_mask")
         # DDP averages gradients once per optimizer step, on the last micro-batch
         sync: contextlib.AbstractContextManager = contextlib.nullcontext()
         if isinstance(trained, DistributedDataParallel) and i < accum - 1:
             sync = trained.no_sync()
         with sync:
             with mark("forward+loss"), autocast(device, precision):
-                loss = trained(x0, generator=state.noise, **extra).mean() / x0.shape[-1]  # nats per token
+                per_sequence = trained(x0, generator=state.noise, **extra)
+                # nats per scored token
+                loss = per_sequence.mean() / x0.shape[-1] if scored is None else per_sequence.sum() / scored.sum().clamp_min(1)
             with mark("backward"):
                 (loss / accum).backward()
         step_loss += loss.detach() / accum
