@@ -66,21 +66,7 @@ def summarize(
         mc_stderr = math.sqrt(per_token.var(dim=1, unbiased=True).mean().item() / (samples * num)) / math.log(2)
     else:
         mc_stderr = None
-    mean_nats = nats.mean().item()
-    ppl = math.exp(mean_nats)
-    return EvalResult(
-        bits_per_token=mean_nats / math.log(2),
-        bits_per_token_stderr=stderr_nats / math.log(2),
-        bits_per_token_mc_stderr=mc_stderr,
-        nats_per_token=mean_nats,
-        perplexity=ppl,
-        perplexity_stderr=ppl * stderr_nats,
-        num_sequences=num,
-        num_tokens=num * length,
-        samples_per_sequence=samples,
-        timesteps=timesteps,
-        estimator=estimator,
-    )
+    return _result(nats.mean().item(), stderr_nats, mc_stderr, num, num * length, samples, timesteps, estimator)
 
 
 def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timesteps: int | None, estimator: str) -> EvalResult:
@@ -102,6 +88,20 @@ def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timestep
         mc_stderr = math.sqrt(per_sequence.var(dim=1, unbiased=True).sum().item() / samples) / scored.sum().item() / math.log(2)
     else:
         mc_stderr = None
+    return _result(mean_nats, stderr_nats, mc_stderr, num, int(scored.sum().item()), samples, timesteps, estimator)
+
+
+def _result(
+    mean_nats: float,
+    stderr_nats: float,
+    mc_stderr: float | None,
+    num: int,
+    num_tokens: int,
+    samples: int,
+    timesteps: int | None,
+    estimator: str,
+) -> EvalResult:
+    """The EvalResult of a mean in nats per token and its standard errors, in bits and as perplexity."""
     ppl = math.exp(mean_nats)
     return EvalResult(
         bits_per_token=mean_nats / math.log(2),
@@ -111,7 +111,7 @@ def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timestep
         perplexity=ppl,
         perplexity_stderr=ppl * stderr_nats,
         num_sequences=num,
-        num_tokens=int(scored.sum().item()),
+        num_tokens=num_tokens,
         samples_per_sequence=samples,
         timesteps=timesteps,
         estimator=estimator,
