@@ -360,6 +360,16 @@ def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: auto, all cores, or 1 while other processes keep the cores busy)")
 
 
+def add_resume(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=("yes", "auto"),
+        help=f"continue {what} in --out from its newest intact checkpoint; '--resume auto' starts it if it has none",
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="maskdiff", description="Masked discrete diffusion: train, sample and evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -374,13 +384,7 @@ def build_parser() -> Parser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
     p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="yes",
-        choices=("yes", "auto"),
-        help="continue the run in --out from its newest intact checkpoint; '--resume auto' starts the run if it has none",
-    )
+    add_resume(p, "the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(handler=cmd_train)
@@ -410,13 +414,7 @@ def build_parser() -> Parser:
         help="override train.* (e.g. train.steps=500, train.lr=1e-4), data.seq_len, data.valid_fraction or data.test_fraction (repeatable)",
     )
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="start from RUN's EMA or raw weights (default ema)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="yes",
-        choices=("yes", "auto"),
-        help="continue the fine-tuning run in --out from its newest intact checkpoint; '--resume auto' starts it if it has none",
-    )
+    add_resume(p, "the fine-tuning run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(handler=cmd_finetune)
