@@ -14,7 +14,8 @@ The output layer starts at zero, so a fresh model predicts the uniform distribut
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -93,32 +94,85 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of every layer for incremental causal decoding, room for ``capacity`` positions.
+    """Keys and values of every layer, room for ``capacity`` positions: the one cache of both uses.
 
-    Each layer's buffers [B, H, capacity, head_dim] are allocated at its first write (with the
-    batch size and dtype of that write, so autocast decides the dtype); :attr:`length` counts
-    the positions stored so far, which are positions 0..length-1 of the sequence.
+    *Causal incremental decoding* (:meth:`Transformer.forward_cached`): :meth:`extend` appends
+    the new positions' keys and values; :attr:`length` counts the positions stored so far, which
+    are positions 0..length-1 of the sequence. Each layer's buffers [B, H, capacity, head_dim] are
+    allocated at its first write (with the batch size and dtype of that write, so autocast
+    decides the dtype).
+
+    *Block decoding with bidirectional attention* (:meth:`Transformer.forward_block`, built with
+    ``rows``): a full pass over the sequence stores the keys and values of every position of
+    some rows (:meth:`recording`); a window pass computes only positions start..end-1 of some
+    rows and lets them attend to the stored keys and values of the other positions
+    (:meth:`attending`). The buffers hold ``rows`` rows.
     """
 
-    def __init__(self, n_layers: int, capacity: int):
+    def __init__(self, n_layers: int, capacity: int, rows: int | None = None):
         self.capacity = capacity
         self.length = 0
+        self.rows = rows
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        self._record: torch.Tensor | None = None  # rows whose keys and values the current full pass stores
+        self._window: tuple[torch.Tensor, int, int] | None = None  # (rows, start, end) of the current window pass
+
+    def _buffers(self, layer: int, k: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None:
+            shape = (batch, k.shape[1], self.capacity, k.shape[3])
+            keys = self.keys[layer] = k.new_empty(shape)
+            values = self.values[layer] = k.new_empty(shape)
+        return keys, values
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, H, n, D] of the new positions after the cached ones.  -> keys, values [B, H, length + n, D]"""
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             raise ValueError(f"the KV cache holds {self.capacity} positions; {end} needed")
-        keys, values = self.keys[layer], self.values[layer]
-        if keys is None or values is None:
-            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            keys = self.keys[layer] = k.new_empty(shape)
-            values = self.values[layer] = v.new_empty(shape)
+        keys, values = self._buffers(layer, k, k.shape[0])
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
         return keys[:, :, :end], values[:, :, :end]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values that the new positions' queries attend to, storing what this pass keeps."""
+        if self._window is not None:
+            rows, start, end = self._window
+            keys, values = self.keys[layer], self.values[layer]
+            if keys is None or values is None:
+                raise ValueError("a window pass needs a full pass that stored the other positions first")
+            keys, values = keys.index_select(0, rows), values.index_select(0, rows)
+            return (
+                torch.cat([keys[:, :, :start], k.to(keys.dtype), keys[:, :, end:]], dim=2),
+                torch.cat([values[:, :, :start], v.to(values.dtype), values[:, :, end:]], dim=2),
+            )
+        if self._record is not None:
+            keys, values = self._buffers(layer, k, self.rows or k.shape[0])
+            keys[self._record] = k.to(keys.dtype)
+            values[self._record] = v.to(values.dtype)
+            return k, v  # the very tensors an uncached pass attends to, so its logits are the same bits
+        return self.extend(layer, k, v)
+
+    @contextmanager
+    def recording(self, rows: torch.Tensor) -> Iterator[None]:
+        """Within this block, a full pass over rows ``rows`` [R] of the batch stores their keys and values."""
+        self._record = rows
+        try:
+            yield
+        finally:
+            self._record = None
+
+    @contextmanager
+    def attending(self, rows: torch.Tensor, start: int, end: int) -> Iterator[None]:
+        """Within this block, a pass over positions start..end-1 of rows ``rows`` [R] attends to the
+        stored keys and values of the positions outside that window."""
+        self._window = (rows, start, end)
+        try:
+            yield
+        finally:
+            self._window = None
 
 
 class Attention(nn.Module):
@@ -145,9 +199,9 @@ class Attention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
         else:
-            start = cache.length
-            k, v = cache.extend(layer, k, v)
-            if L == 1 or not causal:  # one new query sees every stored position
+            k, v = cache.update(layer, k, v)
+            start = k.shape[2] - L  # the new positions follow the cached ones (causal decoding)
+            if L == 1 or not causal:  # one new query sees every stored position; bidirectional: everything
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             elif start == 0:  # the first chunk: the plain causal mask
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
@@ -262,6 +316,33 @@ class Transformer(nn.Module):
         logits = self._run(z, t, cos[start:end], sin[start:end], cache)
         cache.length = end
         return logits
+
+    def new_block_cache(self, rows: int, length: int) -> KVCache:
+        """An empty KV cache for :meth:`forward_block`: ``rows`` rows of ``length`` positions."""
+        return KVCache(len(self.blocks), length, rows)
+
+    def forward_block(
+        self, z: torch.Tensor, t: torch.Tensor, cache: KVCache, rows: torch.Tensor, window: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Block decoding on a KV cache with bidirectional attention; ``rows`` [R] are the rows of the
+        cache that the R rows of ``z`` are.
+
+        ``window`` None: z [R, L] is the whole sequence; its logits [R, L, V] are exactly those of
+        :meth:`forward` (the same operations on the same tensors), and every layer's keys and
+        values are stored for these rows. ``window`` (start, end): z [R, end - start] holds only
+        those positions; they attend to each other and to the keys and values that the last full
+        pass of each row stored for the positions outside the window (an approximation: those
+        were computed from an earlier state, and at an earlier t). -> logits [R, end - start, V]
+        """
+        if self.cfg.causal:
+            raise ValueError("forward_block is for bidirectional networks; a causal one decodes with forward_cached")
+        cos, sin = self.rotary(cache.capacity, z.device)  # the table forward() uses for a sequence of that length
+        if window is None:
+            with cache.recording(rows):
+                return self._run(z, t, cos, sin, cache)
+        start, end = window
+        with cache.attending(rows, start, end):
+            return self._run(z, t, cos[start:end], sin[start:end], cache)
 
     def _run(self, z: torch.Tensor, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.embed(z)

@@ -36,6 +36,7 @@ from torch import nn
 
 from maskdiff.errors import MaskdiffError
 from maskdiff.sampling import SamplerOptions, Step, iterate
+from maskdiff.sampling.cache import CachedPass
 
 Denoiser = Callable[..., torch.Tensor]  # (z_t [B, L], t [B], labels=None) -> logits [B, L, V]
 
@@ -192,9 +193,28 @@ class DiffusionModel(Objective):
         self.mask_id = vocab_size
 
     # ----------------------------------------------------------------- the network
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``."""
+    def predict(
+        self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, cached: CachedPass | None = None
+    ) -> torch.Tensor:
+        """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``.
+
+        ``cached``: a call of block decoding on the denoiser's KV cache (``forward_block``); z_t
+        then holds the pass's positions only (:meth:`CachedPass.columns`).
+        """
+        if cached is not None:
+            if labels is not None:
+                raise MaskdiffError("KV caching is for token sequences; a class-conditional network has none")
+            return self.denoiser.forward_block(z_t, t, cached.kv, cached.rows, cached.window)  # type: ignore[attr-defined]
         return self.denoiser(z_t, t) if labels is None else self.denoiser(z_t, t, labels=labels)
+
+    def new_block_cache(self, rows: int, length: int):
+        """A KV cache of the denoiser for block decoding (``kv_cache`` prefix or dual): ``rows`` rows of ``length`` positions."""
+        new = getattr(self.denoiser, "new_block_cache", None)
+        if new is None or getattr(self.denoiser, "causal", False):
+            raise MaskdiffError(
+                f"KV caching (--cache prefix/dual) needs the bidirectional transformer; this model's network is {type(self.denoiser).__name__}"
+            )
+        return new(rows, length)
 
     def guided_predict(
         self,
@@ -204,21 +224,26 @@ class DiffusionModel(Objective):
         prompt: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float64,
+        cached: CachedPass | None = None,
     ) -> torch.Tensor:
         """Logits [B, L, V] in ``dtype``, with classifier-free guidance of weight ``cfg``: u + (cfg + 1)(c - u).
 
         The unconditional pass u sees the null label where class ``labels`` [B] are given, else the
         same sequences with the ``prompt`` positions [B, L] (bool) masked (SMDM's unsupervised
         guidance). Both passes run as one batch. Without cfg, labels or prompt: the plain prediction.
+        ``cached``: a call on the block-decoding KV cache; the logits are then those of its
+        positions only [B, n, V] (the unconditional rows use rows N..2N-1 of the cache).
         """
+        columns = cached.columns if cached is not None else (lambda z: z)
         if cfg == 0 or (labels is None and prompt is None):
-            return self.predict(z_t, t, labels).to(dtype)
+            return self.predict(columns(z_t), t, labels, cached).to(dtype)
         if labels is not None:
             unconditional, both_labels = z_t, torch.cat([labels, torch.full_like(labels, -1)])
         else:
             assert prompt is not None
             unconditional, both_labels = torch.where(prompt, self.mask_id, z_t), None
-        both = self.predict(torch.cat([z_t, unconditional]), torch.cat([t, t]), both_labels)
+        both_cached = None if cached is None else cached.guided()
+        both = self.predict(columns(torch.cat([z_t, unconditional])), torch.cat([t, t]), both_labels, both_cached)
         cond, uncond = both.to(dtype).chunk(2)
         return uncond + (cfg + 1) * (cond - uncond)
 

@@ -15,24 +15,35 @@ left to right, each with its own share of the steps and its own time grid. The l
 every block reveals whatever is still masked in it, whatever the rule, so the output never
 holds the mask id.
 
-Randomness: each sample has its own counter-based stream (seeded from ``generator``), and every
-step draws the same numbers (one reveal and one value draw per position) whatever the rule and
-whether or not the network is called, so samples depend only on the seed and their index, never
-on the batch size or on skipped network calls. Values are drawn by inverse-CDF sampling in
-float64 (float32 noise truncates the tail of the distribution).
+``kv_cache`` ("prefix" or "dual", with ``block_size``) keeps the keys and values of the
+positions outside the current block between full passes over the sequence
+(:mod:`maskdiff.sampling.cache`); ``refresh`` sets how often a full pass runs. A rule may also
+mask revealed positions again (ReMDM, the ``remdm`` rule), and may warp the block's time grid.
+
+Randomness: each sample has its own counter-based stream (seeded from ``generator``, or from its
+own generator when ``generator`` is a list), and every step draws the same numbers (one reveal
+and one value draw per position) whatever the rule and whether or not the network is called, so
+samples depend only on the seed and their index, never on the batch size, on skipped network
+calls or on the other rows' prompts. Values are drawn by inverse-CDF sampling in float64
+(float32 noise truncates the tail of the distribution).
+
+End of text: with ``truncate_after_eos`` a row whose decoded blocks hold the end-of-text token
+(with nothing masked before it) is finished at the end of that block: the rest becomes eos, as it
+would at the end anyway, and the row costs no further network calls.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.sampling.cache import CACHE_MODES, BlockCache, CachedPass
 from maskdiff.sampling.distributions import GRIDS, filter_probs, time_grid
-from maskdiff.sampling.rules import RULES, Rule, StepContext, check_rule_options
+from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext, check_rule_options
 from maskdiff.sampling.streams import SampleStreams
 
 
@@ -53,6 +64,14 @@ class SamplerOptions:
     min_length: int = 0  # suppress eos_id before this position
     truncate_after_eos: bool = False  # fill every position after the first eos with eos
     cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step); autoregressive: the KV cache
+    kv_cache: str = "none"  # block decoding on a KV cache: "prefix" keeps the earlier blocks' keys/values, "dual" also the later ones'
+    refresh: int = 0  # with kv_cache: a full pass over the sequence every this many steps of a block (0: only at its first step)
+    factor: float = 1.0  # factor rule: reveal the n most confident while (n + 1)(1 - p_n) < factor
+    max_tokens_per_step: int = 0  # threshold / factor: reveal at most this many per step (0: no cap)
+    eta: float = 0.0  # remdm: remasking strength (0: the ancestral sampler)
+    remask: str = "cap"  # remdm: the remasking schedule, cap, rescale or loop
+    t_on: float = 0.55  # remdm loop: alpha is held constant for grid times in [t_off, t_on]
+    t_off: float = 0.05  # remdm loop: the end of the window
 
     def __post_init__(self) -> None:
         problems = check_rule_options(self)
@@ -66,6 +85,14 @@ class SamplerOptions:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.block_size < 0:
             problems.append(f"block_size must be >= 0, got {self.block_size}")
+        if self.kv_cache not in CACHE_MODES:
+            problems.append(f"unknown kv_cache {self.kv_cache!r}; choose one of {', '.join(CACHE_MODES)}")
+        elif self.kv_cache != "none" and not self.block_size:
+            problems.append(f"kv_cache={self.kv_cache} caches the blocks outside the one being decoded: it needs block_size")
+        if self.refresh < 0:
+            problems.append(f"refresh must be >= 0, got {self.refresh}")
+        elif self.refresh and self.kv_cache == "none":
+            problems.append("refresh applies to kv_cache prefix or dual")
         if not math.isfinite(self.cfg):
             problems.append(f"cfg must be a finite number, got {self.cfg}")
         if self.min_length < 0:
@@ -90,6 +117,22 @@ class Step:
     z: torch.Tensor  # [N, L] ids, the mask id where still masked
     nfe: int  # network evaluations so far (a CFG pair counts as one batched call)
     revealed: torch.Tensor | None = None  # [N, L] bool: positions revealed by this step
+    remasked: torch.Tensor | None = None  # [N, L] bool: positions masked again by this step (remasking rules)
+    stats: SamplerStats = field(default_factory=lambda: SamplerStats())  # counts so far
+
+    @property
+    def tokens_per_evaluation(self) -> float:
+        """Positions revealed per network evaluation of one sample so far (parallel decoding reveals several)."""
+        return self.stats.reveals / self.stats.evaluations if self.stats.evaluations else 0.0
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """What a sampler run has done so far."""
+
+    reveals: int = 0  # positions revealed, summed over samples (remasked ones count again when revealed again)
+    evaluations: int = 0  # network evaluations of one sample: the rows of every call, summed
+    full_calls: int = 0  # calls over the whole sequence (the others ran a block's window on the KV cache)
 
 
 # ---------------------------------------------------------------- the loop
@@ -126,17 +169,21 @@ class Denoise:
 
     def __init__(self, model, options: SamplerOptions, prompt: torch.Tensor | None, labels: torch.Tensor | None = None):
         self.model, self.options, self.prompt, self.labels = model, options, prompt, labels
-        self.nfe = 0
+        self.nfe = self.evaluations = self.full_calls = 0
 
-    def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float) -> torch.Tensor:
-        """Logits [len(rows), L, V] in float64 for z[rows] at time t."""
+    def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float, cached: CachedPass | None = None) -> torch.Tensor:
+        """Logits [len(rows), L, V] in float64 for z[rows] at time t; on a cache window only that window's positions."""
         z = z[rows]
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
+        self.evaluations += z.shape[0]
+        self.full_calls += cached is None or cached.window is None
         labels = None if self.labels is None else self.labels[rows]
         prompt = None if self.prompt is None else self.prompt[rows]
         with torch.no_grad():
-            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels)
+            if cached is None:  # the call of the uncached sampler, unchanged
+                return self.model.guided_predict(z, times, self.options.cfg, prompt, labels)
+            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, cached=cached)
 
 
 def iterate(
@@ -145,7 +192,7 @@ def iterate(
     length: int,
     steps: int,
     given: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device=None,
     options: SamplerOptions | None = None,
     labels: torch.Tensor | None = None,
@@ -154,9 +201,13 @@ def iterate(
     """Yield the initial state and the state after every step; the last has no mask ids.
 
     ``model`` is a :class:`maskdiff.objectives.DiffusionModel` (MaskedDiffusion or GenMD4): the
-    sampler uses its ``guided_predict``, ``schedule`` and ``mask_id``.
-    ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
-    ``cfg`` those positions form the prompt that the unconditional pass masks.
+    sampler uses its ``guided_predict``, ``schedule`` and ``mask_id`` (and ``new_block_cache``
+    with ``kv_cache``).
+    ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); rows may
+    fix different positions (prompts of different lengths need no padding: the network is
+    bidirectional). With ``cfg`` those positions form the prompt that the unconditional pass masks.
+    ``generator``: one generator for the batch, or one per row (row i then draws exactly what it
+    draws alone in a batch of one with that generator).
     ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
     Options are a :class:`SamplerOptions` or its fields as keywords.
     """
@@ -179,62 +230,130 @@ def iterate(
     streams = SampleStreams(num_samples, generator, device)
     all_rows = torch.arange(num_samples, device=device)
     plan = block_plan(length, steps, options.block_size)
+    cache = None
+    if options.kv_cache != "none":
+        kv = model.new_block_cache(2 * num_samples if options.cfg else num_samples, length)
+        cache = BlockCache(kv, options.kv_cache, options.refresh, num_samples, length, device)
     total = sum(block_steps for _, _, block_steps in plan)
-    index = 0
-    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool))
+    index, stats = 0, SamplerStats()
+    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool), stats=stats)
     for block, (start, end, block_steps) in enumerate(plan):
         scope = torch.zeros(length, dtype=torch.bool, device=device)
         scope[start:end] = True
-        times = time_grid(block_steps, options.grid)
+        if cache is not None:
+            cache.begin_block(start, end)
+        grid = time_grid(block_steps, options.grid)
+        times = rule.warp(grid)
         # on the model's device: a learned schedule (GenMD4) keeps its parameters there
         alphas = model.schedule.alpha(times.to(device)).detach()  # [steps+1], or [steps+1, V] per token value
         for i in range(block_steps):
             index += 1
-            p_reveal = (alphas[i + 1] - alphas[i]) / (1 - alphas[i])
+            p_reveal, p_remask = rule.transition(alphas[i], alphas[i + 1], float(grid[i]), float(grid[i + 1]))
             last = i == block_steps - 1
-            z, revealed = reverse_step(z, scope, float(times[i]), p_reveal, last, rule, options, denoise, streams, all_rows, mask_id)
-            if options.truncate_after_eos and options.eos_id is not None and last and block == len(plan) - 1:
-                z = fill_after_eos(z, options.eos_id)
-            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed)
+            context = StepInput(z == mask_id, z, p_reveal, p_remask, scope, prompt, last, i)
+            z, revealed, remasked = reverse_step(z, float(times[i]), context, rule, options, denoise, streams, all_rows, mask_id, cache)
+            if options.truncate_after_eos and options.eos_id is not None and last:
+                z = fill_after_eos(z, options.eos_id) if block == len(plan) - 1 else finish_rows(z, options.eos_id, mask_id)
+            stats = SamplerStats(stats.reveals + int(revealed.sum()), denoise.evaluations, denoise.full_calls)
+            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed, remasked, stats)
+
+
+@dataclass
+class StepInput:
+    """What the loop knows about a step before it runs (the reverse step's inputs besides the rule)."""
+
+    is_mask: torch.Tensor  # [N, L] bool
+    z: torch.Tensor  # [N, L]
+    p_reveal: torch.Tensor  # 0-d or [V]
+    p_remask: torch.Tensor | None  # 0-d, [V] or None
+    scope: torch.Tensor  # [L] bool: the current block
+    prompt: torch.Tensor | None  # [N, L] bool: given positions
+    last: bool
+    index: int  # the step's index within its block (0 = first)
 
 
 def reverse_step(
     z: torch.Tensor,
-    scope: torch.Tensor,
     t: float,
-    p_reveal: torch.Tensor,
-    last: bool,
+    context: StepInput,
     rule: Rule,
     options: SamplerOptions,
     denoise: Denoise,
     streams: SampleStreams,
     all_rows: torch.Tensor,
     mask_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One reverse step from time t: the rule picks the rows to run and the positions to reveal.
+    cache: BlockCache | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One reverse step from time t: the rule picks the rows to run, the positions to reveal and
+    those to mask again.
 
-    z [N, L]; scope [L] bool: the positions of the current block; ``p_reveal`` is the chance
-    that a masked position is revealed by this step, a 0-d tensor or one per token value [V].
-    -> (new z, revealed positions [N, L] bool)
+    z [N, L]; the step's reveal chance ``context.p_reveal`` is a 0-d tensor or one per token value
+    [V]. On a block cache the rows run either the whole sequence or the block's window; the
+    positions of a window row are decided on the block's columns only.
+    -> (new z, revealed positions [N, L] bool, remasked positions [N, L] bool or None)
     """
     n, length = z.shape
-    masked = (z == mask_id) & scope
+    masked = context.is_mask & context.scope
     # the same draws every step, whatever the rule needs and whether or not the network runs
     u_reveal, u_value = streams.uniform(2 * length).view(n, 2, length).unbind(1)
-    step = StepContext(masked, u_reveal, p_reveal, last)
-    active = masked.any(-1) if last else rule.may_reveal(step)
+    remaskable = None
+    if context.p_remask is not None:
+        remaskable = ~context.is_mask & context.scope
+        if context.prompt is not None:
+            remaskable &= ~context.prompt
+    step = StepContext(masked, u_reveal, context.p_reveal, context.last, z, remaskable, context.p_remask)
+    remask = rule.remask(step)
+    active = masked.any(-1) if context.last else rule.may_reveal(step)
     rows = all_rows[active] if options.cache else all_rows
-    if rows.numel() == 0:
-        return z, torch.zeros_like(masked)
-    logits = denoise(z, rows, t)
-    if options.eos_id is not None and options.min_length:
-        logits[:, : options.min_length, options.eos_id] = -math.inf
+    passes: list[tuple[torch.Tensor, CachedPass | None]] = []
+    if rows.numel():
+        passes = list(cache.passes(rows, context.index)) if cache is not None else [(rows, None)]
+    values, reveal = z, torch.zeros_like(masked)
+    for group, cached in passes:
+        logits = denoise(z, group, t, cached)
+        columns, offset = slice(None), 0
+        if cached is not None and cached.window is not None and cache is not None:  # decide on the block's columns only
+            columns, offset = slice(cache.start, cache.end), cache.start
+            logits = logits[:, : cache.end - cache.start]  # a prefix window runs on to the end of the sequence
+        if options.eos_id is not None and options.min_length > offset:
+            logits[:, : options.min_length - offset, options.eos_id] = -math.inf
+        # a single full call sees the step as it is (the uncached sampler's decisions, bit for bit)
+        whole = len(passes) == 1 and (cached is None or cached.window is None)
+        part = step if whole else restrict(step, group, columns)
+        prediction = decide(rule, part, logits, u_value[group][:, columns], options, group, n)
+        chosen = part.masked if context.last else rule.reveal(part, prediction)
+        reveal[:, columns] |= chosen
+        values = values.clone() if values is z else values
+        values[:, columns] = torch.where(chosen, prediction.values, values[:, columns])
+    z = torch.where(reveal, values, z)
+    if remask is not None:
+        z = torch.where(remask, mask_id, z)
+    return z, reveal, remask
+
+
+def restrict(step: StepContext, rows: torch.Tensor, columns: slice) -> StepContext:
+    """The step as one network call sees it: only ``rows`` may reveal, only in ``columns``."""
+    in_call = torch.zeros(step.masked.shape[0], dtype=torch.bool, device=step.masked.device)
+    in_call[rows] = True
+    return StepContext(step.masked[:, columns] & in_call[:, None], step.u_reveal[:, columns], step.p_reveal, step.last)
+
+
+def decide(rule: Rule, step: StepContext, logits: torch.Tensor, u_value: torch.Tensor, options: SamplerOptions, rows: torch.Tensor, n: int) -> Prediction:
+    """The rule's values for the rows one call ran (logits [R, W, V]), spread over all n rows.  -> [n, W]"""
     probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
     # at temperature 0 rank by the model's own probabilities, not by the one-hot
     model_probs = torch.softmax(logits, dim=-1) if options.temperature == 0 else probs
-    prediction = rule.draw(probs, u_value[rows], p_reveal, last, model_probs).for_rows(rows, n)
-    reveal = masked if last else rule.reveal(step, prediction)
-    return torch.where(reveal, prediction.values, z), reveal
+    return rule.draw(probs, u_value, step.p_reveal, step.last, model_probs).for_rows(rows, n)
+
+
+def finish_rows(z: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
+    """Rows that hold eos with nothing masked before it are finished: everything after their first
+    eos becomes eos (what the end of sampling makes of it), so they are never sent to the network again.  [N, L]"""
+    is_eos = z == eos_id
+    first = torch.where(is_eos.any(-1), is_eos.long().argmax(-1), z.shape[1])  # [N]
+    before = torch.arange(z.shape[1], device=z.device)[None] < first[:, None]
+    done = is_eos.any(-1) & ~((z == mask_id) & before).any(-1)
+    return torch.where(done[:, None], fill_after_eos(z, eos_id), z)
 
 
 def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:

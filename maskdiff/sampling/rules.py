@@ -45,6 +45,9 @@ class StepContext:
     u_reveal: torch.Tensor  # [N, L] U[0, 1) draws for the reveal decisions (drawn every step, used or not)
     p_reveal: torch.Tensor  # chance that a masked position is revealed by this step: 0-d, or [V] per token value
     last: bool = False  # the block's last step (the sampler then reveals everything still masked)
+    z: torch.Tensor | None = None  # [N, L] the state before the step (remasking rules read the revealed values)
+    remaskable: torch.Tensor | None = None  # [N, L] bool: revealed positions of the current block that are not given
+    p_remask: torch.Tensor | None = None  # chance that a revealed position is masked again: 0-d, [V] per value, or None (never)
 
     @property
     def per_value(self) -> bool:
@@ -97,6 +100,24 @@ class Rule:
         """The first line of the class docstring, without its final full stop."""
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0].rstrip(".") if doc else ""
+
+    def transition(self, alpha_t: torch.Tensor, alpha_s: torch.Tensor, t: float, s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step from t to s (grid times): the chance that a masked position is revealed, and the
+        chance that a revealed one is masked again (None: never).
+
+        ``alpha_t``, ``alpha_s``: the schedule there, 0-d or [V] per token value. By default MD4's
+        reverse process, (alpha_s - alpha_t) / (1 - alpha_t), and no remasking.
+        """
+        return (alpha_s - alpha_t) / (1 - alpha_t), None
+
+    def warp(self, times: torch.Tensor) -> torch.Tensor:
+        """The diffusion times [steps+1] of a block's time grid ``times`` (default: the grid itself)."""
+        return times
+
+    def remask(self, step: StepContext) -> torch.Tensor | None:
+        """[N, L] bool: revealed positions masked again by this step, decided before the network runs
+        (None: none, the default)."""
+        return None
 
     def may_reveal(self, step: StepContext) -> torch.Tensor:
         """[N] bool: rows that may reveal something in this step; the network runs only for these.
@@ -273,25 +294,141 @@ class RandomOrder(RankedRule):
         return step.u_reveal
 
 
+class ConfidenceRule(Rule):
+    """Parallel decoding by confidence: a rule reveals the positions its test admits, at least the
+    most confident one per row, and at most ``max_tokens_per_step`` (0: no cap)."""
+
+    option_names: ClassVar[tuple[str, ...]] = ("max_tokens_per_step",)
+
+    def __init__(self, max_tokens_per_step: int = 0):
+        self.max_tokens_per_step = max_tokens_per_step
+
+    @classmethod
+    def check(cls, options: SamplerOptions) -> list[str]:
+        if options.max_tokens_per_step < 0:
+            return [f"max_tokens_per_step must be >= 0, got {options.max_tokens_per_step}"]
+        return []
+
+    def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
+        """[N]: how many of the most confident masked positions each row reveals, before the cap and the floor of one."""
+        raise NotImplementedError
+
+    def reveal(self, step: StepContext, prediction: Prediction) -> torch.Tensor:
+        counts = self.counts(step, prediction.confidence).clamp_min(step.masked.any(-1).long())
+        if self.max_tokens_per_step:
+            counts = counts.clamp_max(self.max_tokens_per_step)
+        return top_ranked(prediction.confidence, step.masked, counts)
+
+
 @RULES.register("threshold")
-class Threshold(Rule):
+class Threshold(ConfidenceRule):
     """Every position whose drawn value is at least threshold likely, and at least one (parallel decoding).
 
     Reveals every masked position whose drawn value has probability >= ``threshold``, and in
-    every row with a masked position at least the most confident one, so that each step moves.
+    every row with a masked position at least the most confident one, so that each step moves;
+    at most ``max_tokens_per_step`` (the most confident ones) when that is set.
     """
 
-    option_names = ("threshold",)
+    option_names = ("threshold", "max_tokens_per_step")
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, max_tokens_per_step: int = 0):
+        super().__init__(max_tokens_per_step)
         self.threshold = threshold
 
     @classmethod
     def check(cls, options: SamplerOptions) -> list[str]:
+        problems = super().check(options)
         if not 0 < options.threshold <= 1:
-            return [f"threshold must be in (0, 1], got {options.threshold}"]
-        return []
+            problems.append(f"threshold must be in (0, 1], got {options.threshold}")
+        return problems
 
-    def reveal(self, step: StepContext, prediction: Prediction) -> torch.Tensor:
-        most = top_ranked(prediction.confidence, step.masked, step.masked.any(-1).long())
-        return step.masked & ((prediction.confidence >= self.threshold) | most)
+    def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
+        return (step.masked & (confidence >= self.threshold)).sum(-1)
+
+
+@RULES.register("factor")
+class Factor(ConfidenceRule):
+    """The n most confident positions while (n + 1)(1 - p_n) < factor, and at least one (Fast-dLLM).
+
+    With the masked positions' confidences sorted p_1 >= p_2 >= ..., a row reveals the n most
+    confident for the largest n such that (n + 1)(1 - p_k) < ``factor`` for every k <= n
+    (the left side grows with k), and at least one; at most ``max_tokens_per_step``.
+    """
+
+    option_names = ("factor", "max_tokens_per_step")
+
+    def __init__(self, factor: float, max_tokens_per_step: int = 0):
+        super().__init__(max_tokens_per_step)
+        self.factor = factor
+
+    @classmethod
+    def check(cls, options: SamplerOptions) -> list[str]:
+        problems = super().check(options)
+        if not options.factor > 0:
+            problems.append(f"factor must be > 0, got {options.factor}")
+        return problems
+
+    def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
+        ranked = torch.where(step.masked, confidence, -math.inf).sort(dim=-1, descending=True).values  # p_1 >= p_2 >= ...
+        n = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device, dtype=ranked.dtype)
+        admitted = ((n + 1) * (1 - ranked) < self.factor) & (ranked > -math.inf)
+        return admitted.long().cumprod(-1).sum(-1)  # the leading run: stop at the first n that fails
+
+
+REMASK_SCHEDULES = ("cap", "rescale", "loop")
+
+
+@RULES.register("remdm")
+class Remasking(Ancestral):
+    """ReMDM: the ancestral step, and revealed tokens may be masked again, so more steps buy better samples.
+
+    From t to s a revealed position (not a given one) of the current block is masked again with
+    probability sigma, and a masked one is revealed with (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t),
+    which keeps the marginals of the forward process; sigma <= (1 - alpha_s) / alpha_t keeps that a
+    probability. ``remask`` picks sigma: ``cap``, min(eta, (1 - alpha_s)/alpha_t); ``rescale``,
+    eta * min(1, (1 - alpha_s)/alpha_t); ``loop``, alpha held at alpha(t_on) for grid times in
+    [t_off, t_on] with the cap's sigma there, plain ancestral steps before (t > t_on) and after
+    (times below t_off map onto [0, t_on]). The block's last step never remasks, so no mask is
+    left. With ``eta`` = 0 this is the ``ancestral`` rule exactly (same draws, same samples); the
+    remask decision uses the reveal draw of the revealed position, which the ancestral step leaves
+    unused. State-dependent schedules (GenMD4) get sigma per token value.
+    """
+
+    option_names = ("eta", "remask", "t_on", "t_off")
+
+    def __init__(self, eta: float, remask: str = "cap", t_on: float = 0.55, t_off: float = 0.05):
+        self.eta, self.schedule, self.t_on, self.t_off = eta, remask, t_on, t_off
+
+    @classmethod
+    def check(cls, options: SamplerOptions) -> list[str]:
+        problems = []
+        if not 0 <= options.eta <= 1:
+            problems.append(f"eta must be in [0, 1], got {options.eta}")
+        if options.remask not in REMASK_SCHEDULES:
+            problems.append(f"unknown remask schedule {options.remask!r}; choose one of {', '.join(REMASK_SCHEDULES)}")
+        if not 0 < options.t_off < options.t_on < 1:
+            problems.append(f"need 0 < t_off < t_on < 1, got t_off={options.t_off} and t_on={options.t_on}")
+        return problems
+
+    def in_loop(self, t: float) -> bool:
+        """Whether the step from grid time t lies in the loop's window, where alpha is held."""
+        return self.schedule == "loop" and self.eta > 0 and self.t_off < t <= self.t_on
+
+    def warp(self, times: torch.Tensor) -> torch.Tensor:
+        if self.schedule != "loop" or self.eta == 0:
+            return times
+        held = torch.where(times > self.t_on, times, torch.full_like(times, self.t_on))
+        return torch.where(times < self.t_off, times * (self.t_on / self.t_off), held)
+
+    def transition(self, alpha_t: torch.Tensor, alpha_s: torch.Tensor, t: float, s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.eta == 0 or (self.schedule == "loop" and not self.in_loop(t)):
+            return super().transition(alpha_t, alpha_s, t, s)
+        bound = ((1 - alpha_s) / alpha_t).clamp(0, 1)  # the largest sigma that keeps the reveal chance <= 1
+        sigma = bound * self.eta if self.schedule == "rescale" else bound.clamp_max(self.eta)
+        return (alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t), sigma
+
+    def remask(self, step: StepContext) -> torch.Tensor | None:
+        if step.p_remask is None or step.last or step.remaskable is None or step.z is None:
+            return None
+        chance = step.p_remask[step.z.clamp_max(step.p_remask.numel() - 1)] if step.p_remask.ndim > 0 else step.p_remask
+        return step.remaskable & (step.u_reveal < chance)

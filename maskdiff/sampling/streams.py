@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from maskdiff.errors import MaskdiffError
 
 
 def _signed(value: int) -> int:
@@ -31,11 +35,19 @@ class SampleStreams:
 
     Draw k of sample i is splitmix64(seed_i + (k + 1) * gamma): vectorised over the batch, and a
     sample's numbers depend only on its seed and index, never on the rest of the batch.
+    ``generator`` may be one generator per sample: sample i then has the stream it has as the
+    only sample of a batch seeded by its own generator (requests batched together, each with its
+    own seed, draw what they draw alone).
     """
 
-    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None):
-        base = torch.randint(0, 2**62, (1,), generator=generator)
-        self.seeds = splitmix64(base + torch.arange(num_samples) * GOLDEN_GAMMA).to(device)  # [N]
+    def __init__(self, num_samples: int, generator: torch.Generator | Sequence[torch.Generator] | None, device=None):
+        if isinstance(generator, Sequence):
+            if len(generator) != num_samples:
+                raise MaskdiffError(f"{len(generator)} generators for {num_samples} samples: give one per sample")
+            base = torch.cat([torch.randint(0, 2**62, (1,), generator=g) for g in generator])  # [N], each at index 0
+        else:
+            base = torch.randint(0, 2**62, (1,), generator=generator) + torch.arange(num_samples) * GOLDEN_GAMMA
+        self.seeds = splitmix64(base).to(device)  # [N]
         self.offset = 0
 
     def uniform(self, count: int) -> torch.Tensor:
