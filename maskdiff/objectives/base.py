@@ -193,9 +193,7 @@ class DiffusionModel(Objective):
         self.mask_id = vocab_size
 
     # ----------------------------------------------------------------- the network
-    def predict(
-        self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, cached: CachedPass | None = None
-    ) -> torch.Tensor:
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None, cached: CachedPass | None = None) -> torch.Tensor:
         """The denoiser's logits; class ``labels`` [B] go to class-conditional denoisers as ``labels=``.
 
         ``cached``: a call of block decoding on the denoiser's KV cache (``forward_block``); z_t

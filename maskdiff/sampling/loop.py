@@ -338,7 +338,9 @@ def restrict(step: StepContext, rows: torch.Tensor, columns: slice) -> StepConte
     return StepContext(step.masked[:, columns] & in_call[:, None], step.u_reveal[:, columns], step.p_reveal, step.last)
 
 
-def decide(rule: Rule, step: StepContext, logits: torch.Tensor, u_value: torch.Tensor, options: SamplerOptions, rows: torch.Tensor, n: int) -> Prediction:
+def decide(
+    rule: Rule, step: StepContext, logits: torch.Tensor, u_value: torch.Tensor, options: SamplerOptions, rows: torch.Tensor, n: int
+) -> Prediction:
     """The rule's values for the rows one call ran (logits [R, W, V]), spread over all n rows.  -> [n, W]"""
     probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
     # at temperature 0 rank by the model's own probabilities, not by the one-hot
