@@ -27,7 +27,7 @@ from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
 from maskdiff.presets import PRESETS, get_preset, parameter_count
-from maskdiff.sampling import GRIDS, RULES
+from maskdiff.sampling import CACHE_MODES, GRIDS, REMASK_SCHEDULES, RULES
 from maskdiff.training import check_resume_config, finetune, train
 from maskdiff.training.loop import StartFrom, TrainResult
 
@@ -144,6 +144,14 @@ def _rule_options(args) -> dict:
         "block_size": args.block_size,
         "cfg": args.cfg,
         "cache": not args.no_cache,
+        "kv_cache": args.cache,
+        "refresh": args.refresh,
+        "factor": args.factor,
+        "max_tokens_per_step": args.max_tokens_per_step,
+        "eta": args.eta,
+        "remask": args.remask,
+        "t_on": args.t_on,
+        "t_off": args.t_off,
     }
 
 
@@ -195,13 +203,17 @@ def _sample_text(args) -> int:
 
     # a fine-tuned run cuts at its own end of text without --eos
     cut: dict[str, Any] = {"truncate_after_eos": True} if args.eos is not None else {}
+    prompts = args.prompt or []
+    if len(prompts) > 1 and args.num_samples not in (None, len(prompts)):
+        raise MaskdiffError(f"{len(prompts)} prompts with --num-samples {args.num_samples}: several prompts give one sample each")
+    several = len(prompts) > 1  # one sample per prompt, sample i with seed + i (what it gets alone with that seed)
     gen = generate_text(
         args.checkpoint,
-        num_samples=4 if args.num_samples is None else args.num_samples,
+        num_samples=len(prompts) if several else 4 if args.num_samples is None else args.num_samples,
         length=args.length,
         steps=args.steps,
-        seed=args.seed,
-        prompt=args.prompt,
+        seed=[args.seed + i for i in range(len(prompts))] if several else args.seed,
+        prompt=prompts if several else prompts[0] if prompts else None,
         infill=args.infill,
         eos=args.eos,
         weights=args.weights,
@@ -220,7 +232,8 @@ def _sample_text(args) -> int:
         except OSError as err:
             raise MaskdiffError(f"could not write {args.output!r} ({err.strerror or err}); the samples are printed above") from None
     print(
-        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {gen.nfe} network evaluations]",
+        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {gen.nfe} network evaluations, "
+        f"{gen.tokens_per_evaluation:.2f} tokens revealed per evaluation]",
         file=sys.stderr,
     )
     return 0
@@ -438,7 +451,22 @@ def build_parser() -> Parser:
     p.add_argument("--tokens-per-step", type=int, default=0, help="low_confidence/random: reveal this many per step")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: reveal tokens at least this likely")
     p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive blocks of this many tokens (0: off)")
-    p.add_argument("--prompt", metavar="TEXT", help="fixed beginning of every sample")
+    p.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default="none",
+        help="with --block-size, a KV cache: prefix keeps the decoded blocks' keys/values, dual also the later masked blocks' (default none)",
+    )
+    p.add_argument("--refresh", type=int, default=0, metavar="N", help="with --cache: a full pass every N steps (0: at block starts only)")
+    p.add_argument("--factor", type=float, default=1.0, metavar="F", help="factor rule: reveal the n most confident while (n+1)(1-p_n) < F")
+    p.add_argument("--max-tokens-per-step", type=int, default=0, metavar="N", help="threshold/factor rules: at most N tokens per step (0: no cap)")
+    p.add_argument("--eta", type=float, default=0.0, help="remdm rule: remasking strength in [0, 1] (0: the ancestral sampler)")
+    p.add_argument("--remask", choices=REMASK_SCHEDULES, default="cap", help="remdm rule: remasking schedule (default cap)")
+    p.add_argument("--t-on", type=float, default=0.55, help="remdm loop: alpha is held constant for times in [t-off, t-on] (default 0.55)")
+    p.add_argument("--t-off", type=float, default=0.05, help="remdm loop: end of the window (default 0.05)")
+    p.add_argument(
+        "--prompt", metavar="TEXT", action="append", help="fixed beginning of every sample; repeated: one sample per prompt (sample i: seed + i)"
+    )
     p.add_argument("--infill", metavar="TEMPLATE", help="text with [[N]] where N tokens are to be generated, e.g. 'To be, or [[12]] to be'")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt or --label (default 0: off)")
     p.add_argument("--label", type=int, metavar="N", help="images: sample class N (class-conditional runs)")

@@ -13,6 +13,7 @@ at the free positions), ``run.encode``/``run.decode``, ``run.tokenizer`` and ``r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,25 @@ class Run:
         self._need_text()
         return self.tokenizer.decode([int(i) for i in ids])
 
-    def sample(self, n: int = 1, length: int | None = None, steps: int = 256, prompt: str | None = None, seed: int = 0, **options) -> list[str]:
+    def sample(
+        self,
+        n: int = 1,
+        length: int | None = None,
+        steps: int = 256,
+        prompt: str | Sequence[str] | None = None,
+        seed: int | Sequence[int] = 0,
+        **options,
+    ) -> list[str]:
         """``n`` texts of ``length`` tokens (default: the run's sequence length), starting with
-        ``prompt`` when given. ``options`` are sampler options (method, temperature, top_p, cfg, ...)."""
+        ``prompt`` when given. ``options`` are sampler options (method, temperature, top_p, cfg,
+        block_size, kv_cache, refresh, ...).
+
+        A list of prompts (of any lengths) gives one text per prompt, and a list of seeds one seed
+        per text: each text is then what it is alone with its prompt and seed.
+        """
         self._need_text()
+        if n == 1 and prompt is not None and not isinstance(prompt, str):
+            n = len(prompt)
         return generate_from_run(self.loaded, n, length, steps, seed, prompt, None, None, self.device, self.dtype, **options).texts
 
     def infill(self, template: str, n: int = 1, steps: int = 256, seed: int = 0, **options) -> list[str]:

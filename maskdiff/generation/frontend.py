@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def run_sampler(
     length: int,
     steps: int,
     options: SamplerOptions,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     given: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     device: torch.device | None = None,
@@ -44,8 +44,11 @@ def run_sampler(
     progress: bool = False,
     on_step: Callable[[Step], None] | None = None,
 ) -> Sampled:
-    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included)."""
-    generator = torch.Generator().manual_seed(seed)
+    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included).
+
+    ``seed`` may be one seed per sample: each sample then gets what it gets alone with its seed.
+    """
+    generator = torch.Generator().manual_seed(seed) if isinstance(seed, int) else [torch.Generator().manual_seed(s) for s in seed]
     start = time.perf_counter()
     states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels)
     with autocast(device or torch.device("cpu"), dtype):

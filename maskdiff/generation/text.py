@@ -6,7 +6,7 @@ Samples files (``maskdiff sample --output``) hold the texts separated by :data:`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ class Generation:
     seconds: float
     tokens_per_s: float
     nfe: int  # network evaluations (a batched CFG pair counts once)
+    tokens_per_evaluation: float = 0.0  # positions revealed per network evaluation of one sample
 
 
 def conditioning(tokenizer, mask_id: int, length: int, prompt: str | None, infill: str | None) -> torch.Tensor | None:
@@ -74,8 +75,8 @@ def generate_text(
     num_samples: int = 4,
     length: int | None = None,
     steps: int = 256,
-    seed: int = 0,
-    prompt: str | None = None,
+    seed: int | Sequence[int] = 0,
+    prompt: str | Sequence[str] | None = None,
     infill: str | None = None,
     eos: str | None = None,
     weights: str = "ema",
@@ -111,8 +112,8 @@ def generate_from_run(
     num_samples: int = 4,
     length: int | None = None,
     steps: int = 256,
-    seed: int = 0,
-    prompt: str | None = None,
+    seed: int | Sequence[int] = 0,
+    prompt: str | Sequence[str] | None = None,
     infill: str | None = None,
     eos: str | None = None,
     device: torch.device | None = None,
@@ -122,6 +123,10 @@ def generate_from_run(
     **sampler_options,
 ) -> Generation:
     """Sample ``num_samples`` texts from a loaded run, with a ``prompt`` or an ``infill`` template.
+
+    ``prompt`` may be a list, one prompt per sample (of any lengths: a mixed-length batch), and
+    ``seed`` a list, one seed per sample: each sample is then exactly what it is alone with its
+    prompt and seed (a diffusion run needs no padding: every row fixes its own positions).
 
     ``sampler_options`` are fields of :class:`maskdiff.sampling.SamplerOptions` (method, grid,
     temperature, top_k, top_p, cfg, min_length, truncate_after_eos, ...). ``eos`` is the text of
@@ -136,14 +141,21 @@ def generate_from_run(
         sampler_options.setdefault("truncate_after_eos", True)
     seq_len = run.config.data.seq_len
     length = seq_len if length is None else length
-    given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
+    prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
+    if len(prompts) > 1 and len(prompts) != num_samples:
+        raise MaskdiffError(f"{len(prompts)} prompts for {num_samples} samples: give one prompt per sample")
+    if not isinstance(seed, int) and len(seed) != num_samples:
+        raise MaskdiffError(f"{len(seed)} seeds for {num_samples} samples: give one seed per sample")
+    rows = [conditioning(run.tokenizer, mask_id, length, text, infill) for text in prompts]
+    given_row = rows[0]
     if given_row is not None:
         length = given_row.numel()
     padded = given_padding(run, length)
     if padded:  # the padding after the response, given as in training (maskdiff/data/pairs.py)
         pad = torch.full((padded,), int(run.tokenizer.encode(run.config.data.eos)[0]), dtype=torch.long)
         free = torch.full((length,), mask_id, dtype=torch.long)
-        given_row = torch.cat([free if given_row is None else given_row, pad])
+        rows = [torch.cat([free if row is None else row, pad]) for row in rows]
+        given_row = rows[0]
         length += padded
     if eos is not None:
         eos_ids = run.tokenizer.encode(eos)
@@ -153,7 +165,12 @@ def generate_from_run(
     options = SamplerOptions(**sampler_options)
     if options.cfg and given_row is None:
         raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
-    given = given_row.expand(num_samples, -1).clone() if given_row is not None else None
+    if given_row is None:
+        given = None
+    elif len(rows) > 1:
+        given = torch.stack([row for row in rows if row is not None])  # every row is a prompt here
+    else:
+        given = given_row.expand(num_samples, -1).clone()
 
     def show(step: Step) -> None:
         if on_step is not None:
@@ -174,7 +191,8 @@ def generate_from_run(
     )
     cut = options.eos_id if options.truncate_after_eos else None
     texts = [decode(run.tokenizer, row[: length - padded], cut) for row in result.final.z.tolist()]
-    return Generation(texts, result.seconds, num_samples * length / result.seconds, result.final.nfe)
+    final = result.final
+    return Generation(texts, result.seconds, num_samples * length / result.seconds, final.nfe, final.tokens_per_evaluation)
 
 
 def given_padding(run: LoadedRun, length: int) -> int:

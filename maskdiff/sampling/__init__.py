@@ -6,18 +6,22 @@ way, through the model's ``iterate``/``sample``. The reveal rules are classes re
 name in :data:`RULES` (:mod:`maskdiff.sampling.rules`).
 """
 
+from maskdiff.sampling.cache import CACHE_MODES
 from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
-from maskdiff.sampling.loop import SamplerOptions, Step, fill_after_eos, iterate
-from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext
+from maskdiff.sampling.loop import SamplerOptions, SamplerStats, Step, fill_after_eos, iterate
+from maskdiff.sampling.rules import REMASK_SCHEDULES, RULES, Prediction, Rule, StepContext
 from maskdiff.sampling.streams import SampleStreams, splitmix64
 
 __all__ = [
+    "CACHE_MODES",
     "GRIDS",
     "METHODS",
+    "REMASK_SCHEDULES",
     "RULES",
     "Prediction",
     "Rule",
     "SamplerOptions",
+    "SamplerStats",
     "Step",
     "StepContext",
     "SampleStreams",
