@@ -152,6 +152,7 @@ def _rule_options(args) -> dict:
         "remask": args.remask,
         "t_on": args.t_on,
         "t_off": args.t_off,
+        "alpha_on": args.alpha_on,
     }
 
 
@@ -464,6 +465,7 @@ def build_parser() -> Parser:
     p.add_argument("--remask", choices=REMASK_SCHEDULES, default="cap", help="remdm rule: remasking schedule (default cap)")
     p.add_argument("--t-on", type=float, default=0.55, help="remdm loop: alpha is held constant for times in [t-off, t-on] (default 0.55)")
     p.add_argument("--t-off", type=float, default=0.05, help="remdm loop: end of the window (default 0.05)")
+    p.add_argument("--alpha-on", type=float, default=0.9, help="remdm loop: the alpha held in the window (default 0.9)")
     p.add_argument(
         "--prompt", metavar="TEXT", action="append", help="fixed beginning of every sample; repeated: one sample per prompt (sample i: seed + i)"
     )

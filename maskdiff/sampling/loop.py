@@ -72,6 +72,7 @@ class SamplerOptions:
     remask: str = "cap"  # remdm: the remasking schedule, cap, rescale or loop
     t_on: float = 0.55  # remdm loop: alpha is held constant for grid times in [t_off, t_on]
     t_off: float = 0.05  # remdm loop: the end of the window
+    alpha_on: float = 0.9  # remdm loop: the alpha held in the window (reached at t_on)
 
     def __post_init__(self) -> None:
         problems = check_rule_options(self)
@@ -243,7 +244,7 @@ def iterate(
         if cache is not None:
             cache.begin_block(start, end)
         grid = time_grid(block_steps, options.grid)
-        times = rule.warp(grid)
+        times = rule.warp(grid, model.schedule, device)
         # on the model's device: a learned schedule (GenMD4) keeps its parameters there
         alphas = model.schedule.alpha(times.to(device)).detach()  # [steps+1], or [steps+1, V] per token value
         for i in range(block_steps):

@@ -110,8 +110,9 @@ class Rule:
         """
         return (alpha_s - alpha_t) / (1 - alpha_t), None
 
-    def warp(self, times: torch.Tensor) -> torch.Tensor:
-        """The diffusion times [steps+1] of a block's time grid ``times`` (default: the grid itself)."""
+    def warp(self, times: torch.Tensor, schedule: Any, device=None) -> torch.Tensor:
+        """The diffusion times [steps+1] of a block's time grid ``times`` (default: the grid itself);
+        ``schedule`` is the model's (its ``alpha`` on ``device``)."""
         return times
 
     def remask(self, step: StepContext) -> torch.Tensor | None:
@@ -386,18 +387,20 @@ class Remasking(Ancestral):
     probability sigma, and a masked one is revealed with (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t),
     which keeps the marginals of the forward process; sigma <= (1 - alpha_s) / alpha_t keeps that a
     probability. ``remask`` picks sigma: ``cap``, min(eta, (1 - alpha_s)/alpha_t); ``rescale``,
-    eta * min(1, (1 - alpha_s)/alpha_t); ``loop``, alpha held at alpha(t_on) for grid times in
-    [t_off, t_on] with the cap's sigma there, plain ancestral steps before (t > t_on) and after
-    (times below t_off map onto [0, t_on]). The block's last step never remasks, so no mask is
-    left. With ``eta`` = 0 this is the ``ancestral`` rule exactly (same draws, same samples); the
-    remask decision uses the reveal draw of the revealed position, which the ancestral step leaves
+    eta * min(1, (1 - alpha_s)/alpha_t); ``loop``, three phases of the time grid: plain ancestral
+    steps from t = 1 to ``t_on`` that reach alpha = ``alpha_on``, then alpha held there for grid
+    times in [t_off, t_on] with the cap's sigma (as many reveals as remasks, in expectation),
+    then plain ancestral steps to t = 0 (per-value schedules hold the time at which the mean of
+    alpha over the values is alpha_on). The block's last step never remasks, so no mask is left.
+    With ``eta`` = 0 this is the ``ancestral`` rule exactly (same draws, same samples); the remask
+    decision uses the reveal draw of the revealed position, which the ancestral step leaves
     unused. State-dependent schedules (GenMD4) get sigma per token value.
     """
 
-    option_names = ("eta", "remask", "t_on", "t_off")
+    option_names = ("eta", "remask", "t_on", "t_off", "alpha_on")
 
-    def __init__(self, eta: float, remask: str = "cap", t_on: float = 0.55, t_off: float = 0.05):
-        self.eta, self.schedule, self.t_on, self.t_off = eta, remask, t_on, t_off
+    def __init__(self, eta: float, remask: str = "cap", t_on: float = 0.55, t_off: float = 0.05, alpha_on: float = 0.9):
+        self.eta, self.schedule, self.t_on, self.t_off, self.alpha_on = eta, remask, t_on, t_off, alpha_on
 
     @classmethod
     def check(cls, options: SamplerOptions) -> list[str]:
@@ -408,17 +411,21 @@ class Remasking(Ancestral):
             problems.append(f"unknown remask schedule {options.remask!r}; choose one of {', '.join(REMASK_SCHEDULES)}")
         if not 0 < options.t_off < options.t_on < 1:
             problems.append(f"need 0 < t_off < t_on < 1, got t_off={options.t_off} and t_on={options.t_on}")
+        if not 0 < options.alpha_on < 1:
+            problems.append(f"alpha_on must be in (0, 1), got {options.alpha_on}")
         return problems
 
     def in_loop(self, t: float) -> bool:
         """Whether the step from grid time t lies in the loop's window, where alpha is held."""
         return self.schedule == "loop" and self.eta > 0 and self.t_off < t <= self.t_on
 
-    def warp(self, times: torch.Tensor) -> torch.Tensor:
+    def warp(self, times: torch.Tensor, schedule: Any, device=None) -> torch.Tensor:
         if self.schedule != "loop" or self.eta == 0:
             return times
-        held = torch.where(times > self.t_on, times, torch.full_like(times, self.t_on))
-        return torch.where(times < self.t_off, times * (self.t_on / self.t_off), held)
+        held = hold_time(schedule, self.alpha_on, device)
+        before = held + (times - self.t_on) * (1 - held) / (1 - self.t_on)  # [t_on, 1] -> [held, 1]
+        after = times * (held / self.t_off)  # [0, t_off] -> [0, held]
+        return torch.where(times > self.t_on, before, torch.where(times < self.t_off, after, torch.full_like(times, held)))
 
     def transition(self, alpha_t: torch.Tensor, alpha_s: torch.Tensor, t: float, s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.eta == 0 or (self.schedule == "loop" and not self.in_loop(t)):
@@ -432,3 +439,14 @@ class Remasking(Ancestral):
             return None
         chance = step.p_remask[step.z.clamp_max(step.p_remask.numel() - 1)] if step.p_remask.ndim > 0 else step.p_remask
         return step.remaskable & (step.u_reveal < chance)
+
+
+def hold_time(schedule: Any, alpha: float, device=None, iterations: int = 60) -> float:
+    """The diffusion time at which ``schedule``'s alpha (its mean over token values for per-value
+    schedules) equals ``alpha``, by bisection (alpha decreases in t)."""
+    low, high = 0.0, 1.0
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        value = float(schedule.alpha(torch.tensor([middle], dtype=torch.float64, device=device)).double().mean())
+        low, high = (middle, high) if value > alpha else (low, middle)
+    return (low + high) / 2
