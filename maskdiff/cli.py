@@ -487,7 +487,7 @@ def build_parser() -> Parser:
     p.add_argument(
         "--no-cache",
         action="store_true",
-        help="call the network in every step, even when nothing is revealed (autoregressive runs: recompute the whole prefix, no KV cache)",
+        help="call the network in every step, even when nothing is revealed (autoregressive runs: no KV cache; for block decoding see --cache)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
