@@ -143,11 +143,13 @@ class KVCache:
             keys, values = self.keys[layer], self.values[layer]
             if keys is None or values is None:
                 raise ValueError("a window pass needs a full pass that stored the other positions first")
-            keys, values = keys.index_select(0, rows), values.index_select(0, rows)
-            return (
-                torch.cat([keys[:, :, :start], k.to(keys.dtype), keys[:, :, end:]], dim=2),
-                torch.cat([values[:, :, :start], v.to(values.dtype), values[:, :, end:]], dim=2),
-            )
+            # the window's own stored entries are stale and never read again before the next full
+            # pass, so the new ones go in place: no copy of the cache when every row runs
+            if rows.numel() == keys.shape[0]:  # rows is an ascending subset of the rows, so all of them
+                keys[:, :, start:end], values[:, :, start:end] = k, v
+                return keys, values
+            keys[rows, :, start:end], values[rows, :, start:end] = k.to(keys.dtype), v.to(values.dtype)
+            return keys.index_select(0, rows), values.index_select(0, rows)
         if self._record is not None:
             keys, values = self._buffers(layer, k, self.rows or k.shape[0])
             keys[self._record] = k.to(keys.dtype)
