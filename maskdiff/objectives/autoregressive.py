@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from maskdiff.errors import MaskdiffError
 from maskdiff.objectives.base import Denoiser, Objective, sum_scored
-from maskdiff.sampling import SamplerOptions, SampleStreams, Step, categorical, filter_probs
+from maskdiff.sampling import SamplerOptions, SamplerStats, SampleStreams, Step, categorical, filter_probs
 from maskdiff.sampling.loop import initial_state
 
 
@@ -187,7 +187,7 @@ class Autoregressive(Objective):
         if stop_id is not None:
             stopped = (z[:, :first] == stop_id).any(-1)  # a prompt that holds eos has stopped already
         bos = torch.full((n, 1), self.bos_id, dtype=z.dtype, device=z.device)
-        nfe = 0
+        nfe, reveals = 0, 0
         yield Step(0, total, 1.0, z, nfe, torch.zeros_like(free))
         for i in range(first, length):
             if stop_id is not None and bool(stopped.all()):
@@ -211,7 +211,9 @@ class Autoregressive(Objective):
             revealed[:, i] = value != z[:, i]
             z = z.clone()
             z[:, i] = value
+            reveals += int((free[:, i] & ~stopped).sum())  # a stopped row's eos fill is not generated
             if stop_id is not None:
                 stopped |= value == stop_id
             index = i - first + 1
-            yield Step(index, total, 1.0 - index / total, z, nfe, revealed)
+            stats = SamplerStats(reveals, nfe * n, nfe)  # every call runs every row, one new position each
+            yield Step(index, total, 1.0 - index / total, z, nfe, revealed, stats=stats)
