@@ -43,11 +43,15 @@ def run_sampler(
     dtype: torch.dtype | None = None,
     progress: bool = False,
     on_step: Callable[[Step], None] | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> Sampled:
-    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included)."""
+    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included).
+
+    ``seeds`` [N] (:func:`maskdiff.sampling.streams.stream_seeds`) give each row its own random
+    stream instead of ``seed``'s, so rows of different requests can share a batch."""
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels)
+    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, seeds=seeds)
     with autocast(device or torch.device("cpu"), dtype):
         first = next(states)  # the initial state: a problem with the request shows here, before any progress bar
         step = first

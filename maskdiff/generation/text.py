@@ -130,12 +130,60 @@ def generate_from_run(
     autocast precision (None: fp32). ``on_step(step, texts)`` sees every intermediate state with
     masks shown as underscores.
     """
+    plan = plan_text(run, length, prompt, infill, eos, **sampler_options)
+    given = plan.given.expand(num_samples, -1).clone() if plan.given is not None else None
+
+    def show(step: Step) -> None:
+        if on_step is not None:
+            on_step(step, [decode_partial(run.tokenizer, row, run.model.mask_id) for row in step.z.tolist()])
+
+    result = run_sampler(
+        run.model,
+        num_samples,
+        plan.length,
+        steps,
+        plan.options,
+        seed=seed,
+        given=given,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        on_step=show,
+    )
+    texts = plan.decode(run.tokenizer, result.final.z)
+    return Generation(texts, result.seconds, num_samples * plan.length / result.seconds, result.final.nfe)
+
+
+@dataclass
+class TextPlan:
+    """What a text request asks of the sampler: the conditioning, the length and the options.
+
+    Rows of requests whose plans share ``length`` and ``options`` (and steps) can be sampled as
+    one batch, each with its own ``given`` row (``maskdiff serve`` does).
+    """
+
+    given: torch.Tensor | None  # [length] ids with the mask id at free positions, or None: all free
+    length: int  # positions sampled, the padding of a fine-tuned run included
+    padded: int  # given end-of-text padding at the end, not part of the text
+    prefix: int  # tokens of the prompt (0 without one)
+    options: SamplerOptions
+
+    def decode(self, tokenizer, z: torch.Tensor, start: int = 0) -> list[str]:
+        """The texts of final states z [N, length] from position ``start`` on, cut at the end of
+        text when the options say so."""
+        cut = self.options.eos_id if self.options.truncate_after_eos else None
+        return [decode(tokenizer, row[start : self.length - self.padded], cut) for row in z.tolist()]
+
+
+def plan_text(
+    run: LoadedRun, length: int | None = None, prompt: str | None = None, infill: str | None = None, eos: str | None = None, **sampler_options
+) -> TextPlan:
+    """Check a text request and turn it into a :class:`TextPlan` (arguments as for :func:`generate_from_run`)."""
     mask_id = run.model.mask_id
     if eos is None and run.config.data.eos:
         eos = run.config.data.eos
         sampler_options.setdefault("truncate_after_eos", True)
-    seq_len = run.config.data.seq_len
-    length = seq_len if length is None else length
+    length = run.config.data.seq_len if length is None else length
     given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
     if given_row is not None:
         length = given_row.numel()
@@ -150,31 +198,14 @@ def generate_from_run(
         if eos_ids.numel() != 1:
             raise MaskdiffError(f"the end-of-text marker {eos!r} must be exactly one token, not {eos_ids.numel()}")
         sampler_options["eos_id"] = int(eos_ids[0])
-    options = SamplerOptions(**sampler_options)
+    try:
+        options = SamplerOptions(**sampler_options)
+    except TypeError as err:
+        raise MaskdiffError(f"unknown sampler option: {err}") from None
     if options.cfg and given_row is None:
         raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
-    given = given_row.expand(num_samples, -1).clone() if given_row is not None else None
-
-    def show(step: Step) -> None:
-        if on_step is not None:
-            on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
-
-    result = run_sampler(
-        run.model,
-        num_samples,
-        length,
-        steps,
-        options,
-        seed=seed,
-        given=given,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-        on_step=show,
-    )
-    cut = options.eos_id if options.truncate_after_eos else None
-    texts = [decode(run.tokenizer, row[: length - padded], cut) for row in result.final.z.tolist()]
-    return Generation(texts, result.seconds, num_samples * length / result.seconds, result.final.nfe)
+    prefix = len(run.tokenizer.encode(prompt)) if prompt is not None else 0
+    return TextPlan(given_row, length, padded, prefix, options)
 
 
 def given_padding(run: LoadedRun, length: int) -> int:

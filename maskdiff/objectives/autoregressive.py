@@ -123,6 +123,7 @@ class Autoregressive(Objective):
         device=None,
         options: SamplerOptions | None = None,
         labels: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
         **option_values,
     ) -> Iterator[Step]:
         """Every state of left-to-right decoding: the initial one, then one per generated position.
@@ -133,7 +134,8 @@ class Autoregressive(Objective):
         differ in length); a fixed id after a free position (an infill template) is refused.
         Each step draws the next position of every row from the network's prediction after
         ``temperature``, ``top_k`` and ``top_p``, with one draw per position from the sample's
-        own random stream (so a sample depends only on the seed and its index); positions a
+        own random stream (so a sample depends only on the seed and its index; ``seeds`` [N] sets
+        each row's stream seed instead of ``generator``); positions a
         row's prompt fixes keep their ids. Positions not yet generated hold the mask id.
 
         Options (:class:`~maskdiff.sampling.SamplerOptions`): ``eos_id`` with ``min_length``
@@ -169,7 +171,7 @@ class Autoregressive(Objective):
                 "an autoregressive model continues a prompt: it cannot generate positions before fixed ones "
                 "(an infill template); give a prefix (--prompt) instead"
             )
-        streams = SampleStreams(num_samples, generator, device)
+        streams = SampleStreams(num_samples, generator, device, seeds)
         return self._decode(z, free, options, streams)
 
     def _decode(self, z: torch.Tensor, free: torch.Tensor, options: SamplerOptions, streams: SampleStreams) -> Iterator[Step]:

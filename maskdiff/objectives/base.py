@@ -140,7 +140,10 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def iterate(self, num_samples: int, length: int, steps: int, **options) -> Iterator[Step]:
-        """Every state of generating ``num_samples`` sequences of ``length`` tokens; the last one is the output."""
+        """Every state of generating ``num_samples`` sequences of ``length`` tokens; the last one is the output.
+
+        Keywords: ``given``, ``generator``, ``device``, ``options`` (or their fields), ``labels`` and
+        ``seeds`` (one stream seed per row, instead of drawing them from ``generator``)."""
         raise NotImplementedError
 
     def sample(
@@ -292,9 +295,20 @@ class DiffusionModel(Objective):
         device=None,
         options: SamplerOptions | None = None,
         labels: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
         **option_values,
     ) -> Iterator[Step]:
         """Every state of the reverse process (:func:`maskdiff.sampling.iterate`); the last has no mask ids."""
         return iterate(
-            self, num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, **option_values
+            self,
+            num_samples,
+            length,
+            steps,
+            given=given,
+            generator=generator,
+            device=device,
+            options=options,
+            labels=labels,
+            seeds=seeds,
+            **option_values,
         )

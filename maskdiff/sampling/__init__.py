@@ -9,7 +9,7 @@ name in :data:`RULES` (:mod:`maskdiff.sampling.rules`).
 from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
 from maskdiff.sampling.loop import SamplerOptions, Step, fill_after_eos, iterate
 from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext
-from maskdiff.sampling.streams import SampleStreams, splitmix64
+from maskdiff.sampling.streams import SampleStreams, splitmix64, stream_seeds
 
 __all__ = [
     "GRIDS",
@@ -26,6 +26,7 @@ __all__ = [
     "filter_probs",
     "iterate",
     "splitmix64",
+    "stream_seeds",
     "time_grid",
 ]
 

@@ -149,6 +149,7 @@ def iterate(
     device=None,
     options: SamplerOptions | None = None,
     labels: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
     **option_values,
 ) -> Iterator[Step]:
     """Yield the initial state and the state after every step; the last has no mask ids.
@@ -158,6 +159,8 @@ def iterate(
     ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); with
     ``cfg`` those positions form the prompt that the unconditional pass masks.
     ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
+    ``seeds`` [N] are per-sample stream seeds (:func:`~maskdiff.sampling.streams.stream_seeds`)
+    used instead of ``generator``: rows of several requests sampled as one batch.
     Options are a :class:`SamplerOptions` or its fields as keywords.
     """
     if options is None:
@@ -176,7 +179,7 @@ def iterate(
             raise MaskdiffError(f"labels has shape {tuple(labels.shape)}, expected ({num_samples},)")
     rule = options.rule()
     denoise = Denoise(model, options, prompt, labels)
-    streams = SampleStreams(num_samples, generator, device)
+    streams = SampleStreams(num_samples, generator, device, seeds)
     all_rows = torch.arange(num_samples, device=device)
     plan = block_plan(length, steps, options.block_size)
     total = sum(block_steps for _, _, block_steps in plan)

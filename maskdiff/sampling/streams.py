@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from maskdiff.errors import MaskdiffError
+
 
 def _signed(value: int) -> int:
     """An unsigned 64-bit constant as the int64 with the same bits."""
@@ -26,16 +28,32 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
+def stream_seeds(generator: torch.Generator | None, num_samples: int, first: int = 0) -> torch.Tensor:
+    """The stream seeds of samples ``first`` .. ``first + num_samples - 1`` of a run drawn with ``generator``.  -> int64 [N]
+
+    Sample i's seed is splitmix64(base + i * gamma), ``base`` one number drawn from the generator.
+    A server batching requests concatenates each request's seeds (from its own generator), so
+    every row draws exactly the numbers it would draw alone.
+    """
+    base = torch.randint(0, 2**62, (1,), generator=generator)
+    return splitmix64(base + torch.arange(first, first + num_samples) * GOLDEN_GAMMA)
+
+
 class SampleStreams:
     """Counter-based random numbers with one stream per sample.
 
     Draw k of sample i is splitmix64(seed_i + (k + 1) * gamma): vectorised over the batch, and a
     sample's numbers depend only on its seed and index, never on the rest of the batch.
+    ``seeds`` [N] (from :func:`stream_seeds`) gives every row its own stream seed instead of
+    drawing them from ``generator``.
     """
 
-    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None):
-        base = torch.randint(0, 2**62, (1,), generator=generator)
-        self.seeds = splitmix64(base + torch.arange(num_samples) * GOLDEN_GAMMA).to(device)  # [N]
+    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None, seeds: torch.Tensor | None = None):
+        if seeds is None:
+            seeds = stream_seeds(generator, num_samples)
+        elif tuple(seeds.shape) != (num_samples,):
+            raise MaskdiffError(f"seeds has shape {tuple(seeds.shape)}, expected ({num_samples},)")
+        self.seeds = seeds.to(device=device, dtype=torch.long)  # [N]
         self.offset = 0
 
     def uniform(self, count: int) -> torch.Tensor:
