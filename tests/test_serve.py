@@ -171,6 +171,16 @@ def test_streamed_chunks_add_up_to_the_completion_and_stop_strings_cut_it(server
     assert plain.choices[0].finish_reason == "stop"
 
 
+def test_a_list_of_prompts_gives_n_choices_each_in_order(server, text_run):
+    with server.client() as http:
+        body = http.post("/v1/completions", json={"prompt": ["The ", "A lord "], "max_tokens": 6, "n": 2, "seed": 8, "steps": 6, "echo": True}).json()
+    # choice i is sample i of the seed: the second prompt's rows are samples 2 and 3
+    first = [text_run.sample(4, length=10, steps=6, prompt="The ", seed=8)[i] for i in (0, 1)]
+    second = [text_run.sample(4, length=13, steps=6, prompt="A lord ", seed=8)[i] for i in (2, 3)]
+    assert completion_texts(body) == first + second
+    assert body["usage"]["prompt_tokens"] == 2 * (4 + 7) and body["usage"]["completion_tokens"] == 4 * 6
+
+
 def test_the_stream_ends_with_done_and_reports_usage_when_asked(server):
     body = {"prompt": "The ", "max_tokens": 4, "steps": 4, "seed": 1, "stream": True, "stream_options": {"include_usage": True}}
     with server.client() as http, http.stream("POST", "/v1/completions", json=body) as response:
@@ -436,11 +446,11 @@ def test_an_image_run_streams_pixels_and_refuses_text_endpoints(image_run):
     states = [body for kind, body in events if kind == "state"]
     assert len(states) == 7 and all(len(s["pixels"]) == 2 and len(s["pixels"][0]) == 64 for s in states)
     assert sum(v < 0 for row in states[0]["pixels"] for v in row) == 128 and min(min(row) for row in states[-1]["pixels"]) >= 0
-    expected = generate_images(image_run.loaded.run_dir, 2, 6, seed=3, label=1, cfg=1.0, precision="fp32", output=server_tmp(image_run))
+    expected = generate_images(image_run.loaded.run_dir, 2, 6, seed=3, label=1, cfg=1.0, precision="fp32", output=grid_path(image_run))
     assert events[-1][1]["pixels"] == torch.from_numpy(expected.images).reshape(2, -1).tolist()
 
 
-def server_tmp(run) -> Path:
+def grid_path(run) -> Path:
     return Path(run.loaded.run_dir).parent / "grid.png"
 
 

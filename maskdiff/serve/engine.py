@@ -74,7 +74,7 @@ class Failed:
     error: Exception
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared by identity (its fields hold tensors)
 class Job:
     """One unit of work for the worker: rows to sample (``length``, ``steps``, ``options``) or ``work`` to call."""
 
