@@ -374,6 +374,8 @@ def cmd_serve(args) -> int:
 
     def ready(url: str) -> None:
         auth = "bearer token required" if args.token or os.environ.get("MASKDIFF_SERVE_TOKEN") else "no token"
+        if auth == "no token" and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"maskdiff serve: warning: listening on {args.host} without a token: anyone who reaches it can use the model", file=sys.stderr)
         print(f"maskdiff: serving {args.checkpoint} on {url} ({auth}); page {url}/, OpenAI API {url}/v1 (Ctrl-C stops)", flush=True)
 
     try:
