@@ -19,6 +19,7 @@ import torch
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.data.facts import GROUPS, make_facts, write_facts
+from maskdiff.distributed import launched_rank
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
@@ -251,6 +252,8 @@ def cmd_eval(args) -> int:
         chain_rule=args.chain_rule,
         max_sequences=args.max_sequences,
     )
+    if launched_rank() != 0:  # under torchrun the processes shared the work; rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({**result.to_dict(), **info}, ensure_ascii=False))
         return 0
