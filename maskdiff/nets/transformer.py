@@ -68,8 +68,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate channel pairs (first half, second half) of x [B, H, L, D] by position-dependent angles."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    # addcmul fuses each product with its sum: one pass over the activations fewer per half
-    return torch.cat((torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x1 * sin, x2, cos)), dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -89,8 +88,8 @@ def zero_init(modules: Iterable[nn.Module | None]) -> None:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x [B, L, D] * (1 + scale [B, D]) + shift [B, D] (one fused pass over x)."""
-    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+    """adaLN: x [B, L, D] * (1 + scale [B, D]) + shift [B, D]."""
+    return x * (1 + scale[:, None]) + shift[:, None]
 
 
 class KVCache:
@@ -186,9 +185,8 @@ class Block(nn.Module):
             x = x + self.attn(self.norm1(x), cos, sin, causal, cache, layer)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        # gated residuals as one fused multiply-add each
-        x = torch.addcmul(x, gate1[:, None], self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, causal, cache, layer))
-        return torch.addcmul(x, gate2[:, None], self.mlp(modulate(self.norm2(x), shift2, scale2)))
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, causal, cache, layer)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class Transformer(nn.Module):
