@@ -20,6 +20,7 @@ import torch
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.data.facts import GROUPS, make_facts, write_facts
+from maskdiff.distributed import launched_rank
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
@@ -253,6 +254,8 @@ def cmd_eval(args) -> int:
         chain_rule=args.chain_rule,
         max_sequences=args.max_sequences,
     )
+    if launched_rank() != 0:  # under torchrun the processes shared the work; rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({**result.to_dict(), **info}, ensure_ascii=False))
         return 0
@@ -336,6 +339,27 @@ def eval_samples(args) -> int:
         print(f"judge perplexity: {quality.gen_perplexity:.3f} ({quality.judge_tokens} judge tokens, judge {quality.judge})")
     print(f"unigram entropy:  {quality.unigram_entropy:.3f} bits/word (mean over samples)")
     print(f"distinct-1/2/3:   {quality.distinct_1:.3f} / {quality.distinct_2:.3f} / {quality.distinct_3:.3f}")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from maskdiff.bench.train import Timing, bench_train, format_table, profile_table
+
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    timing = Timing(steps=max(1, args.steps), min_time=args.min_time, max_time=args.max_time, warmup=args.warmup, wait_quiet=args.wait_quiet)
+    done = lambda r: print(f"  {r.size} {r.precision}: {r.tokens_per_s:,.0f} tokens/s, MFU {r.mfu:.0%}", file=sys.stderr, flush=True)  # noqa: E731
+    bench = bench_train(sizes, precisions, args.batch, args.seq_len, list(args.set or []), args.device, timing, on_result=done)
+    print(format_table(bench))
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(bench.to_dict(), indent=1) + "\n")
+        except OSError as err:
+            raise MaskdiffError(f"could not write {args.json!r} ({err.strerror or err}); the table is printed above") from None
+    if args.profile:
+        for precision in [p for p in precisions if p not in bench.skipped]:
+            for size in sizes:
+                print("\n" + profile_table(size, precision, args.batch, args.seq_len, list(args.set or [])))
     return 0
 
 
@@ -596,6 +620,32 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
     add_threads(p)
     p.set_defaults(handler=cmd_serve)
+    p = sub.add_parser("bench", help="benchmarks of this machine", description="Benchmarks: `maskdiff bench train` (training throughput and MFU).")
+    bench = p.add_subparsers(dest="benchmark", required=True, parser_class=Parser, metavar="BENCHMARK")
+    p = bench.add_parser(
+        "train",
+        help="training tokens/s and model FLOPs utilisation",
+        description="Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
+        "training uses), then the training step (AdamW, clipping, EMA, time conditioning on; random tokens) of each "
+        "size: tokens/s, FLOPs per token (forward + backward, attention included), GFLOP/s and MFU = achieved / peak. "
+        "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
+        "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures.",
+    )
+    p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (4x128, 128 tokens), 5M (6x256), 25M (8x512) (default all)")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions: fp32, bf16 (default both)")
+    p.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128 for tiny, 256 otherwise)")
+    p.add_argument("--steps", type=int, default=5, help="minimum uncontended timed steps per size (default 5)")
+    p.add_argument("--min-time", type=float, default=3.0, help="minimum timed seconds per size (default 3)")
+    p.add_argument("--max-time", type=float, default=60.0, help="seconds per size after which contended steps are no longer replaced (default 60)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size (default 2)")
+    p.add_argument("--wait-quiet", type=float, default=30.0, help="seconds to wait for other processes to leave the cores before each measurement")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every size, e.g. train.ema_decay=0 (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler's ops by CPU time for each size (3 steps)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures, the CPU and the skipped precisions as JSON")
+    add_threads(p)
+    p.set_defaults(handler=cmd_bench_train)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from maskdiff import distributed
 from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
 from maskdiff.data.pairs import encode_pairs, read_pairs
@@ -58,6 +61,9 @@ def evaluate_checkpoint(
     response and its end-of-text given the prompt, per scored token; every example is one
     sequence of the run's length (``length`` cannot change) and ``chain_rule`` is refused.
 
+    Under ``torchrun`` the bound's batches are split across the processes (each loads the whole
+    model) and every process returns the result of one process, up to rounding.
+
     Returns the result and a description of what was evaluated (checkpoint, data, unit, ...).
     """
     if mc_samples < 1:
@@ -69,6 +75,8 @@ def evaluate_checkpoint(
     if max_sequences is not None and max_sequences < 1:
         raise MaskdiffError(f"max sequences must be >= 1, got {max_sequences}")
     dev = resolve_device(device)
+    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     run = load_run(checkpoint, device=dev)
     if chain_rule:
         check_chain_rule(run.model)
@@ -104,7 +112,11 @@ def evaluate_checkpoint(
     if chain_rule:
         result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)
     else:
-        result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress, loss_masks=masks)
+        ctx, _ = distributed.setup(dev)  # dev is this process's device already (see evaluate_checkpoint)
+        try:
+            result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress and ctx.is_main, masks, ctx)
+        finally:
+            distributed.teardown(ctx)
     info = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,

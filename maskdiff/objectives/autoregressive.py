@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, Objective, sum_scored
+from maskdiff.objectives.base import BatchShard, Denoiser, Objective, sum_scored
 from maskdiff.sampling import SamplerOptions, SampleStreams, Step, categorical, filter_probs
 from maskdiff.sampling.loop import initial_state
 
@@ -99,9 +99,10 @@ class Autoregressive(Objective):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy, nats per sequence [B]: the negative log-likelihood itself
-        (of the ``loss_mask`` positions when given)."""
+        (of the ``loss_mask`` positions when given). Nothing is random, so a ``shard`` changes nothing."""
         return self.nelbo(x0, labels=labels, loss_mask=loss_mask)
 
     def num_parameters(self) -> int:
