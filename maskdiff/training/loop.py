@@ -194,7 +194,7 @@ def _train(
         state.start_from(start_from.weights)
     if progress:
         tqdm.write(
-            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
+            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.num_tokens('train'):,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
             + (f" | {ctx.world_size} processes" if ctx.active else "")
