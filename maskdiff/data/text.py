@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from maskdiff import assets
+from maskdiff.data.shards import is_prepared
 from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer
@@ -25,6 +26,8 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise MaskdiffError(f"data file {str(path)!r} does not exist")
+    if is_prepared(path):
+        raise MaskdiffError(f"{str(path)!r} holds prepared token shards: train on them with data.format=tokens (e.g. --preset bpe-tiny)")
     if not path.is_file():
         raise MaskdiffError(f"data path {str(path)!r} is not a file")
     try:
