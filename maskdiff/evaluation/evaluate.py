@@ -93,8 +93,8 @@ def evaluate_checkpoint(
         assert isinstance(run.tokenizer, CharTokenizer)  # pairs are text
         sequences, masks = encode_pairs(read_pairs(data), run.tokenizer, run.config.data.eos, length, data)
     elif data and is_prepared(data):
-        _, splits = read_prepared(data, run.tokenizer)  # refused unless tokenized with the run's tokenizer
-        sequences = chunks(splits.get(split), length)
+        _, prepared = read_prepared(data, run.tokenizer)  # refused unless tokenized with the run's tokenizer
+        sequences = chunks(prepared.get(split), length)
         source = f"{data} ({'train' if split == 'train' else 'validation'} split)"
     elif data:
         source = str(data)
