@@ -15,6 +15,7 @@ parts that BPE, using only the tokens ranked below r, makes of its bytes.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -152,7 +153,13 @@ def gpt2() -> BPETokenizer:
             f"the gpt2 tokenizer needs GPT-2's BPE ranks, which are not on this machine; {assets.fetch_hint('gpt2')}, "
             "or pass a tokenizers JSON file or model folder as --tokenizer"
         )
-    return from_ranks(read_ranks(found[0]), "gpt2")
+    return gpt2_from(found[0])
+
+
+@functools.lru_cache(maxsize=2)
+def gpt2_from(ranks_file: Path) -> BPETokenizer:
+    """GPT-2's tokenizer from a ranks file, built once per process (deriving the merges takes a second or two)."""
+    return from_ranks(read_ranks(ranks_file), "gpt2")
 
 
 # ---------------------------------------------------------------- training, files and names
