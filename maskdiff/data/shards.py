@@ -139,7 +139,10 @@ def read_prepared(path: str | Path, tokenizer=None) -> tuple[BPETokenizer, Token
 def prepare_tokens(data_cfg, tokenizer=None) -> tuple[BPETokenizer, TokenSplits]:
     """The ``tokens`` format's reader: the prepared folder at ``data.path`` (see :func:`read_prepared`)."""
     if not data_cfg.path:
-        raise MaskdiffError("data.format=tokens needs data.path: a folder written by `maskdiff prepare`")
+        raise MaskdiffError(
+            "data.format=tokens needs data.path, a folder written by `maskdiff prepare` "
+            "(e.g. `maskdiff prepare --tokenizer gpt2 --data builtin --out DIR`, then --set data.path=DIR)"
+        )
     tokenizer, splits = read_prepared(data_cfg.path, tokenizer)
     if splits.num_tokens("valid") < data_cfg.seq_len:
         raise MaskdiffError(
