@@ -29,7 +29,6 @@ Loading checks the manifest and falls back to the newest checkpoint that is inta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from maskdiff import distributed
 from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
+from maskdiff.integrity import file_digest, file_problem
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.tokenizer import Tokenizer, load_tokenizer
@@ -89,14 +89,6 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -252,13 +244,9 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
     except (OSError, ValueError):
         return "its manifest is unreadable"
     for name, expected in manifest.items():
-        file = checkpoint / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["bytes"]:
-            return f"{name} has {file.stat().st_size} bytes instead of {expected['bytes']}"
-        if file_digest(file) != expected["sha256"]:
-            return f"{name} does not match its checksum"
+        problem = file_problem(checkpoint / name, expected["bytes"], expected["sha256"])
+        if problem is not None:
+            return problem
     return None
 
 

@@ -68,19 +68,24 @@ class DataConfig(Section):
     path: str = option(
         "",
         "UTF-8 text file to train on; empty: the built-in Shakespeare corpus (images: file or folder; "
-        "pairs: a JSONL file of prompt/response pairs or a folder with train.jsonl, valid.jsonl, test.jsonl)",
+        "pairs: a JSONL file of prompt/response pairs or a folder with train.jsonl, valid.jsonl, test.jsonl; "
+        "tokens: a folder written by `maskdiff prepare`)",
     )
     seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
     test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
     format: str = option(
         "text",
-        "a registered data format: text, pairs (prompt/response JSONL for conditional fine-tuning), "
+        "a registered data format: text, pairs (prompt/response JSONL for conditional fine-tuning), tokens (shards from `maskdiff prepare`), "
         "or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)",
     )
     image_size: int = option(0, "images: height = width in pixels")
     channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
     eos: str = option("", "pairs: the end-of-text character that ends every response and pads the sequence (samples are cut at it)")
+    random_length: float = option(
+        0.01,
+        "tokens: fraction of training sequences cut to a random length (SMDM), the rest given as end-of-text padding that is never scored",
+    )
 
     @property
     def modality(self) -> str:
@@ -107,6 +112,8 @@ class DataConfig(Section):
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 out.append(f"data.{name} must be in (0, 0.5)")
+        if not 0 <= self.random_length <= 1:
+            out.append("data.random_length must be in [0, 1]")
         return out
 
 

@@ -10,6 +10,7 @@ from maskdiff import distributed
 from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
 from maskdiff.data.pairs import encode_pairs, read_pairs
+from maskdiff.data.shards import is_prepared, read_prepared
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import evaluate_nelbo
 from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
@@ -56,6 +57,10 @@ def evaluate_checkpoint(
     file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
     encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
 
+    A ``data`` folder written by ``maskdiff prepare`` is read as it was prepared (its ``split``;
+    ``test`` and ``valid`` both name its validation split); it must have been tokenized with the
+    run's own tokenizer.
+
     A run trained on prompt/response pairs (``data.format=pairs``) is evaluated on pairs: its
     own splits, or a ``data`` JSONL file of them, with the bound (or exact likelihood) of each
     response and its end-of-text given the prompt, per scored token; every example is one
@@ -95,6 +100,10 @@ def evaluate_checkpoint(
         source = str(data)
         assert isinstance(run.tokenizer, CharTokenizer)  # pairs are text
         sequences, masks = encode_pairs(read_pairs(data), run.tokenizer, run.config.data.eos, length, data)
+    elif data and is_prepared(data):
+        _, prepared = read_prepared(data, run.tokenizer)  # refused unless tokenized with the run's tokenizer
+        sequences = chunks(prepared.get(split), length)
+        source = f"{data} ({'train' if split == 'train' else 'validation'} split)"
     elif data:
         source = str(data)
         tokens, skipped = encode_corpus(run.tokenizer, read_text(data), f"corpus {source!r}", skip_unknown)
@@ -105,7 +114,8 @@ def evaluate_checkpoint(
             sequences, masks = evaluation_sequences(splits, split, length)
         else:
             sequences = chunks(splits.get(split), length)
-        source = f"{run.config.data.path or 'built-in corpus'} ({split} split)"
+        shown = "validation" if run.config.data.format == "tokens" and split == "test" else split  # prepared data hold no test split
+        source = f"{run.config.data.path or 'built-in corpus'} ({shown} split)"
     sequences = sequences[:max_sequences]
     masks = None if masks is None else masks[:max_sequences]
     dtype = resolve_precision(precision, dev)

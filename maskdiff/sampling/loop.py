@@ -20,6 +20,13 @@ step draws the same numbers (one reveal and one value draw per position) whateve
 whether or not the network is called, so samples depend only on the seed and their index, never
 on the batch size or on skipped network calls. Values are drawn by inverse-CDF sampling in
 float64 (float32 noise truncates the tail of the distribution).
+
+Memory: the float64 arithmetic of a draw (temperature, top-k, top-p, the CDF) runs over chunks of
+positions of at most ``DRAW_CHUNK_BYTES`` per [positions, V] float64 tensor, and the logits stay in
+float32 when a float64 copy of them would be larger than that, so a 50k-token vocabulary never
+has full-vocabulary float64 probabilities for every position. Every draw is per position, so the
+chunks give exactly the values of one pass (small vocabularies fit in one chunk: the same
+computation as ever).
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ import torch
 
 from maskdiff.errors import MaskdiffError
 from maskdiff.sampling.distributions import GRIDS, filter_probs, time_grid
-from maskdiff.sampling.rules import RULES, Rule, StepContext, check_rule_options
+from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext, check_rule_options
 from maskdiff.sampling.streams import SampleStreams
+
+DRAW_CHUNK_BYTES = 1 << 23  # float64 bytes of one [positions, V] tensor of a draw (8 MiB)
 
 
 @dataclass
@@ -129,14 +138,16 @@ class Denoise:
         self.nfe = 0
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float) -> torch.Tensor:
-        """Logits [len(rows), L, V] in float64 for z[rows] at time t."""
+        """Logits [len(rows), L, V] for z[rows] at time t: float64, or float32 where a float64 copy
+        would exceed DRAW_CHUNK_BYTES (the draws convert each chunk to float64)."""
         z = z[rows]
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
         labels = None if self.labels is None else self.labels[rows]
         prompt = None if self.prompt is None else self.prompt[rows]
+        dtype = torch.float64 if z.numel() * self.model.mask_id * 8 <= DRAW_CHUNK_BYTES else torch.float32  # mask_id = V
         with torch.no_grad():
-            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels)
+            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype)
 
 
 def iterate(
@@ -232,12 +243,42 @@ def reverse_step(
     logits = denoise(z, rows, t)
     if options.eos_id is not None and options.min_length:
         logits[:, : options.min_length, options.eos_id] = -math.inf
-    probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
-    # at temperature 0 rank by the model's own probabilities, not by the one-hot
-    model_probs = torch.softmax(logits, dim=-1) if options.temperature == 0 else probs
-    prediction = rule.draw(probs, u_value[rows], p_reveal, last, model_probs).for_rows(rows, n)
+    prediction = draw_values(rule, logits, u_value[rows], p_reveal, last, options).for_rows(rows, n)
     reveal = masked if last else rule.reveal(step, prediction)
     return torch.where(reveal, prediction.values, z), reveal
+
+
+def draw_values(rule: Rule, logits: torch.Tensor, u_value: torch.Tensor, p_reveal: torch.Tensor, last: bool, options: SamplerOptions) -> Prediction:
+    """The rule's draw (:meth:`Rule.draw`) for logits [R, L, V], over chunks of positions whose
+    float64 tensors stay under DRAW_CHUNK_BYTES; the same values as one pass.  -> Prediction [R, L]"""
+    rows, length, vocab = logits.shape
+    per_chunk = max(1, DRAW_CHUNK_BYTES // (8 * vocab))  # positions
+    if rows * length <= per_chunk:
+        return draw_chunk(rule, logits, u_value, p_reveal, last, options)
+    values = torch.empty((rows, length), dtype=torch.long, device=logits.device)
+    confidence = torch.empty((rows, length), dtype=torch.float64, device=logits.device)
+    chance = torch.empty_like(confidence)
+    for r, c in position_chunks(rows, length, per_chunk):
+        part = draw_chunk(rule, logits[r, c], u_value[r, c], p_reveal, last, options)
+        values[r, c], confidence[r, c], chance[r, c] = part.values, part.confidence, part.chance
+    return Prediction(values, confidence, chance)
+
+
+def position_chunks(rows: int, length: int, per_chunk: int) -> list[tuple[slice, slice]]:
+    """(row slice, position slice) pieces of an [rows, length] grid of at most ``per_chunk`` positions:
+    whole rows together where one fits, else pieces of one row."""
+    if per_chunk >= length:
+        step = per_chunk // length
+        return [(slice(r, r + step), slice(None)) for r in range(0, rows, step)]
+    return [(slice(r, r + 1), slice(c, c + per_chunk)) for r in range(rows) for c in range(0, length, per_chunk)]
+
+
+def draw_chunk(rule: Rule, logits: torch.Tensor, u_value: torch.Tensor, p_reveal: torch.Tensor, last: bool, options: SamplerOptions) -> Prediction:
+    """Temperature, top-k and top-p in float64, then the rule's draw, for one chunk [r, l, V]."""
+    probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
+    # at temperature 0 rank by the model's own probabilities, not by the one-hot
+    model_probs = torch.softmax(logits.double(), dim=-1) if options.temperature == 0 else probs
+    return rule.draw(probs, u_value, p_reveal, last, model_probs)
 
 
 def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -197,7 +197,7 @@ def _train(
         state.start_from(start_from.checkpoint, start_from.weights)
     if progress:
         tqdm.write(
-            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
+            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.num_tokens('train'):,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
             + (f" | {ctx.world_size} processes ({tc.parallel})" if ctx.active else "")
