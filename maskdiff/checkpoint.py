@@ -12,6 +12,16 @@ A run folder is self-describing; its config, tokenizer and weights rebuild the m
                                 state.pt            optimizer, LR schedule, step, RNG and data position
                                 manifest.json       size and sha256 of each file above
 
+A run with ``train.parallel=fsdp`` writes its weights and optimizer state sharded instead, with
+``torch.distributed.checkpoint`` (every process writes its own shards, in parallel)::
+
+    RUN/checkpoints/step-000500/dcp/                "model", "ema" and "optimizer" state dicts
+                                state.pt            LR schedule, step, RNG and data position
+                                manifest.json       size and sha256 of every file, dcp/ included
+
+Such a checkpoint loads on any number of processes, sharded or whole: :func:`load_run` reads it
+in a single process like the other kind.
+
 A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so an
 interrupted save never leaves a half-written checkpoint where a later command would read it.
 Loading checks the manifest and falls back to the newest checkpoint that is intact.
@@ -19,20 +29,24 @@ Loading checks the manifest and falls back to the newest checkpoint that is inta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+from maskdiff import distributed
 from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
+from maskdiff.integrity import file_digest, file_problem
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.tokenizer import Tokenizer, load_tokenizer
@@ -40,6 +54,7 @@ from maskdiff.tokenizer import Tokenizer, load_tokenizer
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 MANIFEST = "manifest.json"  # size and sha256 of every file of a checkpoint
+SHARDED = "dcp"  # the folder of a checkpoint's torch.distributed.checkpoint shards
 
 
 def warn(message: str) -> None:
@@ -76,14 +91,6 @@ def _state_dict_for_saving(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -97,36 +104,134 @@ def save_checkpoint(
     A failure while writing (disk full, permissions) removes the partial files and raises a
     :class:`MaskdiffError`; the checkpoints written before stay as they were.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}"
+    tmp = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = _temporary_folder(run_dir, step)
         save_file(_state_dict_for_saving(model), tmp / "model.safetensors")
         if ema is not None:
             save_file(_state_dict_for_saving(ema), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
-        manifest = {f.name: {"bytes": f.stat().st_size, "sha256": file_digest(f)} for f in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        for file in tmp.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        _write_atomically(root / LATEST, final.name + "\n")
+        return _finish(run_dir, step, tmp, keep)
     except (OSError, RuntimeError, SafetensorError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest_checkpoint(run_dir, verify=False)
-        kept = f"; the previous checkpoint {previous} is intact" if previous else ""
-        reason = getattr(err, "strerror", None) or str(err)
-        raise MaskdiffError(f"could not write checkpoint {final}: {reason}{kept}") from None
+        raise _save_failed(run_dir, step, tmp, err) from None
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, tensors: dict, state: dict, keep: int, ctx: distributed.Context) -> Path:
+    """:func:`save_checkpoint` for sharded state: collective under ``torchrun``.
+
+    Every process writes its shards of ``tensors`` (state dicts of DTensors or tensors, e.g.
+    {"model": ..., "ema": ..., "optimizer": ...}) into the checkpoint's dcp/ folder with
+    torch.distributed.checkpoint; rank 0 adds ``state`` as state.pt and the manifest and moves
+    the folder into place. A failure on any process leaves the earlier checkpoints as they were
+    and raises a :class:`MaskdiffError` on every process.
+    """
+    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(step)
+    tmp: Path | None = None
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            tmp = _temporary_folder(run_dir, step)
+        except OSError as err:
+            error = err
+    tmp = distributed.gather(tmp, ctx)[0]  # rank 0's folder, once it exists
+    if not distributed.all_agree(error is None, ctx):
+        raise _save_failed(run_dir, step, tmp if ctx.is_main else None, error or OSError("another process could not write its part"))
+    try:
+        with warnings.catch_warnings():  # a single process: torch warns that it saves without a process group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(tensors, checkpoint_id=tmp / SHARDED)
+    except (OSError, RuntimeError) as err:  # dcp reports a failed write on every process
+        error = err
+    if distributed.all_agree(error is None, ctx) and ctx.is_main:
+        try:
+            torch.save(state, tmp / "state.pt")
+            final = _finish(run_dir, step, tmp, keep)
+        except (OSError, RuntimeError) as err:
+            error = err
+    if not distributed.all_agree(error is None, ctx):
+        raise _save_failed(run_dir, step, tmp if ctx.is_main else None, error or OSError("another process could not write its part"))
+    return final
+
+
+def _temporary_folder(run_dir: Path, step: int) -> Path:
+    """An empty folder next to where checkpoint ``step`` goes, to write it in."""
+    root = Path(run_dir) / CHECKPOINTS
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _finish(run_dir: Path, step: int, tmp: Path, keep: int) -> Path:
+    """Add the manifest to the written folder ``tmp``, flush it, move it into place, point LATEST at it and prune."""
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / checkpoint_name(step)
+    files = sorted(f for f in tmp.rglob("*") if f.is_file())
+    manifest = {f.relative_to(tmp).as_posix(): {"bytes": f.stat().st_size, "sha256": file_digest(f)} for f in files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    for file in [*files, tmp / MANIFEST]:
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    _write_atomically(root / LATEST, final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_failed(run_dir: Path, step: int, tmp: Path | None, err: BaseException) -> MaskdiffError:
+    """Remove the partial folder; the error to raise, naming the checkpoint that is still intact."""
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(step)
+    previous = latest_checkpoint(run_dir, verify=False)
+    kept = f"; the previous checkpoint {previous} is intact" if previous else ""
+    reason = getattr(err, "strerror", None) or str(err)
+    return MaskdiffError(f"could not write checkpoint {final}: {reason}{kept}")
+
+
+def is_sharded_checkpoint(checkpoint: Path) -> bool:
+    """Whether a checkpoint was written by :func:`save_sharded_checkpoint`."""
+    return (Path(checkpoint) / SHARDED).is_dir()
+
+
+def has_weights(checkpoint: Path, which: str) -> bool:
+    """Whether a checkpoint holds the ``which`` ("model" or "ema") weights."""
+    checkpoint = Path(checkpoint)
+    if not is_sharded_checkpoint(checkpoint):
+        return (checkpoint / f"{which}.safetensors").is_file()
+    try:
+        keys = dcp.FileSystemReader(str(checkpoint / SHARDED)).read_metadata().state_dict_metadata
+    except (OSError, RuntimeError, ValueError) as err:
+        raise MaskdiffError(f"cannot read the shards of checkpoint {checkpoint}: {err}") from None
+    return any(key.startswith(f"{which}.") for key in keys)
+
+
+def load_sharded(checkpoint: Path, tensors: dict) -> None:
+    """Fill ``tensors`` (state dicts keyed as they were saved, of DTensors or whole tensors) in place
+    from a sharded checkpoint, resharding as needed. Collective when a process group is up."""
+    try:
+        with warnings.catch_warnings():  # a single process: torch warns that it loads without a process group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(tensors, checkpoint_id=Path(checkpoint) / SHARDED)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise MaskdiffError(f"the shards of checkpoint {checkpoint} do not fit the model: {' '.join(str(err).split())[:300]}") from None
+
+
+def load_checkpoint_weights(module: torch.nn.Module, checkpoint: Path, which: str) -> None:
+    """Load the ``which`` ("model" or "ema") weights of a checkpoint of either kind into ``module``
+    (whole, or FSDP-sharded under ``torchrun``)."""
+    checkpoint = Path(checkpoint)
+    if not is_sharded_checkpoint(checkpoint):
+        load_weights(module, checkpoint / f"{which}.safetensors")
+        return
+    state = get_model_state_dict(module)
+    load_sharded(checkpoint, {which: state})
+    set_model_state_dict(module, state)
 
 
 def verify_checkpoint(checkpoint: Path) -> str | None:
@@ -139,13 +244,9 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
     except (OSError, ValueError):
         return "its manifest is unreadable"
     for name, expected in manifest.items():
-        file = checkpoint / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["bytes"]:
-            return f"{name} has {file.stat().st_size} bytes instead of {expected['bytes']}"
-        if file_digest(file) != expected["sha256"]:
-            return f"{name} does not match its checksum"
+        problem = file_problem(checkpoint / name, expected["bytes"], expected["sha256"])
+        if problem is not None:
+            return problem
     return None
 
 
@@ -243,9 +344,6 @@ def load_run(path: str | Path, weights: str = "ema", device: torch.device | str 
     config = RunConfig.load(run_dir / "config.json")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     model = build_model(config, tokenizer.vocab_size)
-    file = checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
-    if not file.is_file():
-        file = checkpoint / "model.safetensors"
-    load_weights(model, file)
+    load_checkpoint_weights(model, checkpoint, "ema" if weights == "ema" and has_weights(checkpoint, "ema") else "model")
     model.to(device).eval()
     return LoadedRun(config, tokenizer, model, run_dir, checkpoint, checkpoint_step(checkpoint))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.data.facts import GROUPS, make_facts, write_facts
+from maskdiff.data.prepare import prepare
+from maskdiff.distributed import launched_rank
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation import evaluate_checkpoint
 from maskdiff.evaluation.judge import evaluate_samples
@@ -28,6 +31,7 @@ from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
 from maskdiff.presets import PRESETS, get_preset, parameter_count
 from maskdiff.sampling import CACHE_MODES, GRIDS, REMASK_SCHEDULES, RULES
+from maskdiff.serve.limits import Limits
 from maskdiff.training import check_resume_config, finetune, train
 from maskdiff.training.loop import StartFrom, TrainResult
 
@@ -265,6 +269,8 @@ def cmd_eval(args) -> int:
         chain_rule=args.chain_rule,
         max_sequences=args.max_sequences,
     )
+    if launched_rank() != 0:  # under torchrun the processes shared the work; rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({**result.to_dict(), **info}, ensure_ascii=False))
         return 0
@@ -351,6 +357,54 @@ def eval_samples(args) -> int:
     return 0
 
 
+def cmd_bench_train(args) -> int:
+    from maskdiff.bench.train import Timing, bench_train, format_table, profile_table
+
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    timing = Timing(steps=max(1, args.steps), min_time=args.min_time, max_time=args.max_time, warmup=args.warmup, wait_quiet=args.wait_quiet)
+    done = lambda r: print(f"  {r.size} {r.precision}: {r.tokens_per_s:,.0f} tokens/s, MFU {r.mfu:.0%}", file=sys.stderr, flush=True)  # noqa: E731
+    bench = bench_train(sizes, precisions, args.batch, args.seq_len, list(args.set or []), args.device, timing, on_result=done)
+    print(format_table(bench))
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(bench.to_dict(), indent=1) + "\n")
+        except OSError as err:
+            raise MaskdiffError(f"could not write {args.json!r} ({err.strerror or err}); the table is printed above") from None
+    if args.profile:
+        for precision in [p for p in precisions if p not in bench.skipped]:
+            for size in sizes:
+                print("\n" + profile_table(size, precision, args.batch, args.seq_len, list(args.set or [])))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    prepared = prepare(
+        args.data,
+        args.out,
+        tokenizer=args.tokenizer,
+        train_vocab=args.train_bpe,
+        eot=args.eot,
+        text_field=args.text_field,
+        dataset_split=args.dataset_split,
+        valid_fraction=args.valid_fraction,
+        valid_tokens=args.valid_tokens,
+        seed=args.seed,
+        shard_tokens=args.shard_tokens,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    meta, out = prepared.meta, prepared.path
+    tok = meta["tokenizer"]
+    print(f"{out}: tokenizer {tok['name']} ({tok['vocab_size']:,} tokens, end of text {tok['eot']!r} = {tok['eot_id']}), {meta['dtype']} shards")
+    for split in ("train", "valid"):
+        shards = meta["shards"][split]
+        size = sum(s["bytes"] for s in shards)
+        print(f"{split}: {meta['documents'][split]:,} documents, {meta['tokens'][split]:,} tokens in {len(shards)} shard(s), {size:,} bytes")
+    print(f"next: maskdiff train --preset bpe-tiny --set data.path={out}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     if args.show is None:
         width = max(map(len, PRESETS))
@@ -361,6 +415,40 @@ def cmd_presets(args) -> int:
     for name, section in get_preset(args.show).sections().items():
         for key, doc in section.docs().items():
             print(f"{name}.{key} = {getattr(section, key)!r}  # {doc}")
+    return 0
+
+
+SERVE_LIMITS = {  # Limits field -> (flag, help)
+    "max_body_bytes": ("--max-body-bytes", "request bodies larger than this get 413"),
+    "max_length": ("--max-length", "tokens per generated sequence, prompt included (0: the run's sequence length)"),
+    "max_steps": ("--max-steps", "reverse-process steps per request"),
+    "max_samples": ("--max-samples", "sequences per request (n times the prompts)"),
+    "max_queue": ("--max-queue", "requests waiting for the worker; more get 503 with Retry-After"),
+    "max_batch": ("--max-batch", "sequences sampled together in one batch"),
+    "max_score_tokens": ("--max-score-tokens", "tokens of a text scored by /api/likelihood"),
+    "max_mc_samples": ("--max-mc-samples", "Monte Carlo draws per /api/likelihood request"),
+    "batch_wait": ("--batch-wait", "seconds the worker waits for more compatible requests before a batch"),
+}
+
+
+def cmd_serve(args) -> int:
+    try:
+        from maskdiff.serve import serve
+    except ImportError as err:
+        raise MaskdiffError(f"maskdiff serve needs its optional packages ({err.name} is missing): pip install 'maskdiff[serve]'") from None
+    limits = Limits(**{name: getattr(args, name) for name in SERVE_LIMITS})
+
+    def ready(url: str) -> None:
+        auth = "bearer token required" if args.token or os.environ.get("MASKDIFF_SERVE_TOKEN") else "no token"
+        if auth == "no token" and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"maskdiff serve: warning: listening on {args.host} without a token: anyone who reaches it can use the model", file=sys.stderr)
+        print(f"maskdiff: serving {args.checkpoint} on {url} ({auth}); page {url}/, OpenAI API {url}/v1 (Ctrl-C stops)", flush=True)
+
+    try:
+        serve(args.checkpoint, args.host, args.port, args.token, limits, args.weights, args.precision, "warning" if args.quiet else "info", ready)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is meant to stop: the server has shut down cleanly by now
+        pass
+    print("maskdiff: server stopped", flush=True)
     return 0
 
 
@@ -564,6 +652,96 @@ def build_parser() -> Parser:
     p.add_argument("--syllables", type=int, default=2, help="syllables of every invented name (default 2, e.g. 'Toma')")
     p.add_argument("--seed", type=int, default=0, help="random seed of the names and descriptions (default 0)")
     p.set_defaults(handler=cmd_facts)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP (OpenAI completions, a live page)",
+        description="Serve a trained run (any objective, text or images) over HTTP: a page at / that shows the model unmasking "
+        "step by step, POST /v1/completions in the OpenAI shape (streamed with stream=true; masked-diffusion options such as "
+        "steps, method, block_size, cfg and infill as extra fields), POST /api/sample/stream (every intermediate state as "
+        "server-sent events), POST /api/likelihood and GET /api/info. Compatible requests that arrive together are sampled as "
+        "one batch, each row with its own seed. Needs the serve extra: pip install 'maskdiff[serve]'.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on every API path (default: $MASKDIFF_SERVE_TOKEN; unset: no token)",
+    )
+    defaults = Limits()
+    for name, (flag, text) in SERVE_LIMITS.items():
+        value = getattr(defaults, name)
+        p.add_argument(flag, dest=name, type=type(value), default=value, help=f"{text} (default {value})")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
+    p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
+    add_threads(p)
+    p.set_defaults(handler=cmd_serve)
+    p = sub.add_parser("bench", help="benchmarks of this machine", description="Benchmarks: `maskdiff bench train` (training throughput and MFU).")
+    bench = p.add_subparsers(dest="benchmark", required=True, parser_class=Parser, metavar="BENCHMARK")
+    p = bench.add_parser(
+        "train",
+        help="training tokens/s and model FLOPs utilisation",
+        description="Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
+        "training uses), then the training step (AdamW, clipping, EMA, time conditioning on; random tokens) of each "
+        "size: tokens/s, FLOPs per token (forward + backward, attention included), GFLOP/s and MFU = achieved / peak. "
+        "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
+        "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures.",
+    )
+    p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (4x128, 128 tokens), 5M (6x256), 25M (8x512) (default all)")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions: fp32, bf16 (default both)")
+    p.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128 for tiny, 256 otherwise)")
+    p.add_argument("--steps", type=int, default=5, help="minimum uncontended timed steps per size (default 5)")
+    p.add_argument("--min-time", type=float, default=3.0, help="minimum timed seconds per size (default 3)")
+    p.add_argument("--max-time", type=float, default=60.0, help="seconds per size after which contended steps are no longer replaced (default 60)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per size (default 2)")
+    p.add_argument("--wait-quiet", type=float, default=30.0, help="seconds to wait for other processes to leave the cores before each measurement")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every size, e.g. train.ema_decay=0 (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    p.add_argument("--profile", action="store_true", help="also print torch.profiler's ops by CPU time for each size (3 steps)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures, the CPU and the skipped precisions as JSON")
+    add_threads(p)
+    p.set_defaults(handler=cmd_bench_train)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize documents into token shards for training",
+        description="Tokenize documents into a folder of memory-mapped token shards that `maskdiff train` and `maskdiff eval` read "
+        "(data.format=tokens, data.path=DIR): every document followed by the end-of-text token, uint16 ids where the vocabulary "
+        "fits (else uint32), a validation split fixed by --seed, the tokenizer, and prepared.json with the counts and each shard's "
+        "size and sha256. Documents: 'builtin' (the built-in Shakespeare corpus, one document per play), text files (one document "
+        "each), JSONL files (one per line, --text-field), folders of those, or Hugging Face datasets (a folder from save_to_disk, "
+        "parquet/csv/arrow files, or a hub name where online; needs maskdiff[datasets]). Nothing is written until the end: the "
+        "folder appears complete or not at all.",
+    )
+    p.add_argument("--data", nargs="+", required=True, metavar="ITEM", help="'builtin', files, folders or a dataset (several allowed, in order)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (refused if not empty, unless --overwrite)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="NAME_OR_PATH",
+        help="'gpt2' (offline, from the openai-whisper package's ranks; `python -m maskdiff.assets fetch gpt2`), a tokenizers JSON "
+        "file, or a folder holding tokenizer.json (a Hugging Face model folder, a maskdiff run or prepared folder)",
+    )
+    p.add_argument(
+        "--train-bpe", type=int, metavar="VOCAB_SIZE", help="instead of --tokenizer: train a byte-level BPE of this size on the training documents"
+    )
+    p.add_argument("--eot", metavar="TOKEN", help="the tokenizer's end-of-text token (default: the first it has of <|endoftext|>, </s>, <eos>, ...)")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="JSONL and datasets: the field holding each document's text (default text)")
+    p.add_argument("--dataset-split", default="train", metavar="NAME", help="datasets: the split to read (default train)")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.05,
+        help="fraction of the documents held out for validation, chosen by --seed (default 0.05; one document: of its tokens)",
+    )
+    p.add_argument("--valid-tokens", type=int, metavar="N", help="cut the validation split to at most N tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0): the same seed gives the same split")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N", help="tokens per shard (default 100,000,000)")
+    p.add_argument("--overwrite", action="store_true", help="replace the data set prepared in --out earlier")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_prepare)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")

@@ -68,19 +68,24 @@ class DataConfig(Section):
     path: str = option(
         "",
         "UTF-8 text file to train on; empty: the built-in Shakespeare corpus (images: file or folder; "
-        "pairs: a JSONL file of prompt/response pairs or a folder with train.jsonl, valid.jsonl, test.jsonl)",
+        "pairs: a JSONL file of prompt/response pairs or a folder with train.jsonl, valid.jsonl, test.jsonl; "
+        "tokens: a folder written by `maskdiff prepare`)",
     )
     seq_len: int = option(128, "tokens per training sequence (images: image_size * image_size * channels)")
     valid_fraction: float = option(0.05, "fraction of the corpus held out for validation")
     test_fraction: float = option(0.05, "fraction of the corpus held out for testing (images: only without a test split)")
     format: str = option(
         "text",
-        "a registered data format: text, pairs (prompt/response JSONL for conditional fine-tuning), "
+        "a registered data format: text, pairs (prompt/response JSONL for conditional fine-tuning), tokens (shards from `maskdiff prepare`), "
         "or images: idx (MNIST), cifar10 (python batches), npz (downsampled ImageNet), folder (PNG/JPEG)",
     )
     image_size: int = option(0, "images: height = width in pixels")
     channels: int = option(1, "images: colour channels (1 grey, 3 RGB)")
     eos: str = option("", "pairs: the end-of-text character that ends every response and pads the sequence (samples are cut at it)")
+    random_length: float = option(
+        0.01,
+        "tokens: fraction of training sequences cut to a random length (SMDM), the rest given as end-of-text padding that is never scored",
+    )
 
     @property
     def modality(self) -> str:
@@ -107,14 +112,21 @@ class DataConfig(Section):
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 out.append(f"data.{name} must be in (0, 0.5)")
+        if not 0 <= self.random_length <= 1:
+            out.append("data.random_length must be in [0, 1]")
         return out
 
 
 @dataclass
 class TrainConfig(Section):
     steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(32, "sequences per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
+    batch_size: int = option(32, "sequences per micro-batch (per process under torchrun)")
+    grad_accum: int = option(1, "micro-batches per optimizer step (leave at 1 when train.global_batch is set)")
+    global_batch: int = option(
+        0,
+        "sequences per optimizer step over all processes; micro-batches are accumulated to reach it and it must be a "
+        "multiple of batch_size * processes (0: batch_size * grad_accum * processes)",
+    )
     lr: float = option(1e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of lr (cosine decay)")
     warmup_steps: int = option(100, "steps of linear warm-up")
@@ -132,6 +144,10 @@ class TrainConfig(Section):
     seed: int = option(0, "seed of the model initialisation, data order and masking noise")
     precision: str = option("auto", "auto (bf16 autocast where the hardware has fast bf16), bf16 or fp32")
     device: str = option("auto", "auto, cpu or cuda")
+    parallel: str = option(
+        "ddp", "under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: parameters, gradients and optimizer state sharded)"
+    )
+    activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, about a third more compute")
 
     def problems(self) -> list[str]:
         out = []
@@ -154,7 +170,25 @@ class TrainConfig(Section):
             out.append(f"train.precision must be auto, bf16 or fp32, not {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             out.append(f"train.device must be auto, cpu or cuda, not {self.device!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            out.append(f"train.parallel must be ddp or fsdp, not {self.parallel!r}")
+        if self.global_batch < 0:
+            out.append("train.global_batch must be >= 0")
+        elif self.global_batch and self.grad_accum != 1:
+            out.append("train.global_batch and train.grad_accum both set: the accumulation follows from the global batch (leave grad_accum at 1)")
         return out
+
+    def accumulation(self, processes: int) -> int:
+        """Micro-batches per optimizer step on each of ``processes`` processes (train.global_batch or train.grad_accum)."""
+        if not self.global_batch:
+            return self.grad_accum
+        per_micro_batch = self.batch_size * processes
+        if self.global_batch % per_micro_batch:
+            raise MaskdiffError(
+                f"train.global_batch={self.global_batch} is not a multiple of train.batch_size * processes = "
+                f"{self.batch_size} * {processes} = {per_micro_batch}"
+            )
+        return self.global_batch // per_micro_batch
 
 
 # the sections every run has, whatever its architecture; the ``model`` section's type comes from
@@ -283,6 +317,7 @@ RESUMABLE_KEYS = (
     "train.max_bad_steps",
     "train.precision",
     "train.device",
+    "train.activation_checkpointing",
 )
 
 

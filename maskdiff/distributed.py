@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     return Context(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 outside torchrun), known before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def teardown(ctx: Context) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -67,6 +73,25 @@ def mean(value: torch.Tensor, ctx: Context) -> torch.Tensor:
     return value / ctx.world_size
 
 
+def total(value: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The sum of ``value`` over processes (exact where at most one process holds a non-zero entry)."""
+    if not ctx.active:
+        return value
+    reduced = value.to(_collective_device(), copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(value.device)
+
+
+def _collective_device() -> torch.device:
+    """Where tensors must be for collectives: the GPU under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is FSDP-sharded (its forward passes are then collective: every process runs each one)."""
+    return isinstance(model, FSDPModule)
+
+
 def gather(obj: Any, ctx: Context) -> list[Any]:
     """Every process's ``obj``, in rank order, on every process."""
     if not ctx.active:
@@ -80,6 +105,6 @@ def all_agree(ok: bool, ctx: Context) -> bool:
     """True when ``ok`` holds on every process (so all of them stop together on an error)."""
     if not ctx.active:
         return ok
-    flag = torch.tensor([0 if ok else 1])
+    flag = torch.tensor([0 if ok else 1], device=_collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.item() == 0

@@ -26,21 +26,39 @@ def cpu_has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def other_busy_cores(seconds: float = 0.1) -> float | None:
-    """Cores kept busy by other processes over a short window (Linux /proc/stat), or None where unknown."""
+class OtherLoad:
+    """Cores kept busy by *other* processes between :meth:`start` and :meth:`stop`: the machine's
+    CPU time (Linux /proc/stat) minus this process's own. ``stop`` returns None where it is unknown."""
 
-    def busy() -> float:
+    @staticmethod
+    def _machine_busy_seconds() -> float:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:9]]  # user .. steal
         return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
-    try:
-        start_busy, start_own, start = busy(), time.process_time(), time.perf_counter()
-        time.sleep(seconds)
-        others = (busy() - start_busy) - (time.process_time() - start_own)
-        return max(0.0, others) / (time.perf_counter() - start)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
+    def start(self) -> OtherLoad:
+        try:
+            self._start: tuple[float, float, float] | None = (time.perf_counter(), time.process_time(), self._machine_busy_seconds())
+        except (OSError, ValueError, IndexError, AttributeError):
+            self._start = None
+        return self
+
+    def stop(self) -> float | None:
+        if self._start is None:
+            return None
+        try:
+            busy = self._machine_busy_seconds()
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+        wall, own = time.perf_counter(), time.process_time()
+        return max(0.0, (busy - self._start[2]) - (own - self._start[1])) / max(wall - self._start[0], 1e-9)
+
+
+def other_busy_cores(seconds: float = 0.1) -> float | None:
+    """Cores kept busy by other processes over a short window (Linux /proc/stat), or None where unknown."""
+    load = OtherLoad().start()
+    time.sleep(seconds)
+    return load.stop()
 
 
 def choose_threads(requested: int | None = None) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from maskdiff.data.images import FASHION_MNIST_DIR
+from maskdiff.data.shards import is_prepared, read_meta
 from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
@@ -56,6 +58,107 @@ def text8() -> RunConfig:
             precision="bf16",
         ),
     )
+
+
+GPT2_VOCAB_SIZE = 50_257  # what token presets are counted with before their data is prepared
+
+
+def bpe_tiny() -> RunConfig:
+    """GPT-2 tokens (4 layers, width 128, 128 tokens): minutes on a CPU (`maskdiff prepare --tokenizer gpt2 --data builtin`)."""
+    # a 50k-token output layer dominates the cost at this width: batch 16 keeps a step near a second on 2 cores
+    return RunConfig(
+        preset="bpe-tiny",
+        model=ModelConfig(n_layers=4, d_model=128, n_heads=4),
+        diffusion=DiffusionConfig(schedule="linear"),
+        data=DataConfig(format="tokens", seq_len=128),
+        train=TrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, eval_every=100, eval_sequences=32, checkpoint_every=100, log_every=10),
+    )
+
+
+def md4(name: str, n_layers: int, d_model: int, n_heads: int, doc: str) -> Callable[[], RunConfig]:
+    """MD4's OpenWebText setting at one size: GPT-2 tokens, 1024 per sequence, batch 512."""
+
+    def preset() -> RunConfig:
+        # the network and data follow the MD4 paper (GPT-2 small/medium shapes, 1024 tokens, batch 512, linear
+        # schedule, no time conditioning); the optimiser values are our reading of its OpenWebText setting
+        # (AdamW 3e-4, 2000 warm-up steps, EMA 0.9999, dropout 0.02): check them before relying on them
+        return RunConfig(
+            preset=name,
+            model=ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, dropout=0.02),
+            diffusion=DiffusionConfig(schedule="linear"),
+            data=DataConfig(format="tokens", seq_len=1024),
+            train=TrainConfig(
+                steps=1_000_000,
+                batch_size=512,
+                lr=3e-4,
+                warmup_steps=2000,
+                weight_decay=0.03,
+                ema_decay=0.9999,
+                eval_every=10_000,
+                checkpoint_every=10_000,
+                precision="bf16",
+            ),
+        )
+
+    preset.__doc__ = doc
+    return preset
+
+
+# SMDM's Llama-shaped family: (layers, width, heads) by non-embedding size 16 * layers * width^2
+# (attention 4 d^2 and a SwiGLU MLP of hidden width 4d, 12 d^2, per layer)
+SMDM_SIZES = {
+    19: (8, 384, 6),
+    34: (8, 512, 8),
+    48: (9, 576, 9),
+    66: (10, 640, 10),
+    85: (13, 640, 10),
+    113: (12, 768, 12),
+    142: (15, 768, 12),
+    170: (18, 768, 12),
+    268: (16, 1024, 16),
+    336: (20, 1024, 16),
+    472: (18, 1280, 20),
+    1028: (20, 1792, 28),
+}
+SMDM_BATCH, SMDM_SEQ_LEN, SMDM_TOKENS_PER_PARAMETER = 256, 2048, 20
+
+
+def smdm(size: int) -> Callable[[], RunConfig]:
+    """SMDM's masked diffusion model of about ``size`` million non-embedding parameters."""
+    n_layers, d_model, n_heads = SMDM_SIZES[size]
+    # 20 training tokens per parameter (the compute-optimal ratio of autoregressive models; SMDM's
+    # IsoFLOP runs vary it) in batches of 256 x 2048 tokens
+    steps = max(1000, round(SMDM_TOKENS_PER_PARAMETER * size * 1e6 / (SMDM_BATCH * SMDM_SEQ_LEN)))
+
+    def preset() -> RunConfig:
+        # SMDM trains Llama-2-style networks (RMSNorm, SwiGLU, rotary) on SlimPajama with the Llama
+        # tokenizer, 2048 tokens, batch 256, AdamW 4e-4 with cosine decay to 4e-5, weight decay 0.1,
+        # beta2 0.95, grad clip 1 (TinyLlama's recipe); prepare any corpus with any tokenizer for it
+        return RunConfig(
+            preset=f"smdm-{size}m",
+            model=ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, mlp="swiglu", norm="rmsnorm"),
+            diffusion=DiffusionConfig(schedule="linear"),
+            data=DataConfig(format="tokens", seq_len=SMDM_SEQ_LEN),
+            train=TrainConfig(
+                steps=steps,
+                batch_size=SMDM_BATCH,
+                lr=4e-4,
+                min_lr_ratio=0.1,
+                warmup_steps=min(2000, steps // 10),
+                weight_decay=0.1,
+                beta2=0.95,
+                ema_decay=0.9999,
+                eval_every=1000,
+                checkpoint_every=1000,
+                precision="bf16",
+            ),
+        )
+
+    preset.__doc__ = (
+        f"SMDM's Llama-shaped masked diffusion model, {size}M non-embedding parameters ({n_layers} layers, width {d_model}): "
+        f"{SMDM_SEQ_LEN} tokens, batch {SMDM_BATCH}, {steps:,} steps (20 tokens per parameter)"
+    )
+    return preset
 
 
 def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
@@ -170,10 +273,19 @@ def imagenet64() -> RunConfig:
 
 
 TEXT_PRESETS: dict[str, Callable[[], RunConfig]] = {"tiny": tiny, "small": small, "text8": text8}
+# presets on prepared token shards (data.format=tokens; data.path is the user's prepared folder)
+TOKEN_PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "bpe-tiny": bpe_tiny,
+    "md4-small": md4("md4-small", 12, 768, 12, "MD4-S on OpenWebText-like data: GPT-2 tokens, 12 layers, width 768, 1024 tokens, batch 512 (GPU)"),
+    "md4-medium": md4("md4-medium", 24, 1024, 16, "MD4-M: GPT-2 tokens, 24 layers, width 1024, 1024 tokens, batch 512 (GPUs)"),
+    **{f"smdm-{size}m": smdm(size) for size in SMDM_SIZES},
+}
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     **TEXT_PRESETS,
     **{f"genmd4-{name}": genmd4(fn) for name, fn in TEXT_PRESETS.items()},
     **{f"ar-{name}": autoregressive(fn) for name, fn in TEXT_PRESETS.items()},
+    **TOKEN_PRESETS,
+    **{f"ar-{name}": autoregressive(fn) for name, fn in TOKEN_PRESETS.items()},
     "image-tiny": image_tiny,
     "cifar10": cifar10,
     "imagenet64": imagenet64,
@@ -183,8 +295,12 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 def parameter_count(cfg: RunConfig) -> int:
     """Parameters of a config's network without its input embedding (as training reports them),
     counted on the meta device (nothing is allocated); text models with the built-in corpus's
-    characters, image models with 256 intensities."""
-    vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
+    characters, token models with their prepared folder's vocabulary (GPT-2's until it is
+    prepared), image models with 256 intensities."""
+    if cfg.data.format == "tokens":
+        vocab = read_meta(Path(cfg.data.path))["tokenizer"]["vocab_size"] if cfg.data.path and is_prepared(cfg.data.path) else GPT2_VOCAB_SIZE
+    else:
+        vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
     with torch.device("meta"):
         return build_model(cfg, vocab).num_parameters()
 

@@ -1,6 +1,7 @@
 """Tokenizers turn text into token ids 0..V-1 and back, and save themselves beside a checkpoint.
 
-Characters for text and sub-pixel intensities for images. Every kind registers itself in
+Characters for text, sub-pixel intensities for images, and byte-level BPE for prepared token
+shards (:class:`maskdiff.bpe.BPETokenizer`: GPT-2's, a given one, or one trained on the corpus). Every kind registers itself in
 ``TOKENIZERS`` under the ``type`` its saved JSON carries, with a ``from_dict`` that rebuilds it;
 :func:`load_tokenizer` asks the registry, so a new kind is one class here and no change elsewhere.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskdiff.bpe import BPETokenizer
 from maskdiff.errors import MaskdiffError
 from maskdiff.registry import Registry
 
@@ -135,10 +137,11 @@ class PixelTokenizer:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
 
 
-Tokenizer = CharTokenizer | PixelTokenizer
-TOKENIZERS: Registry[type[CharTokenizer] | type[PixelTokenizer]] = Registry("tokenizer type")
+Tokenizer = CharTokenizer | PixelTokenizer | BPETokenizer
+TOKENIZERS: Registry[type[CharTokenizer] | type[PixelTokenizer] | type[BPETokenizer]] = Registry("tokenizer type")
 TOKENIZERS.add(CharTokenizer.kind, CharTokenizer)
 TOKENIZERS.add(PixelTokenizer.kind, PixelTokenizer)
+TOKENIZERS.add(BPETokenizer.kind, BPETokenizer)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -91,7 +91,13 @@ def subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_all_here():
-    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets"}
+    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets", "serve", "bench", "prepare"}
+
+
+def test_bench_train_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "train", "--help"])
+    assert exit_info.value.code == 0 and "--json" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", subcommands())

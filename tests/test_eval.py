@@ -45,15 +45,16 @@ def test_oracle_bound_equals_the_exact_entropy_within_its_standard_error(toy, sc
 
 def test_monte_carlo_standard_error_shrinks_like_one_over_sqrt_k(toy):
     # discrete time (bounded weights): the continuous-time weight 1/t makes single estimates
-    # heavy-tailed, so their sample variance converges too slowly for a sharp ratio test
+    # heavy-tailed, so their sample variance converges too slowly for a sharp ratio test. The
+    # ratio's own spread over seeds is about 0.25 around 2; 1/K would give 4, no shrinking 1
     x = draw(toy, 200, seed=2)
     small = evaluate_nelbo(oracle(toy), x, batch_size=200, samples=8, timesteps=16, seed=3)
     large = evaluate_nelbo(oracle(toy), x, batch_size=200, samples=32, timesteps=16, seed=4)
-    assert 1.7 < small.bits_per_token_mc_stderr / large.bits_per_token_mc_stderr < 2.3
+    assert 1.5 < small.bits_per_token_mc_stderr / large.bits_per_token_mc_stderr < 2.6
     # one sequence: the reported standard error is the Monte Carlo one
     one = x[:1]
     se = [evaluate_nelbo(oracle(toy), one, samples=k, timesteps=16, seed=5).bits_per_token_stderr for k in (200, 800)]
-    assert 1.7 < se[0] / se[1] < 2.3
+    assert 1.5 < se[0] / se[1] < 2.7  # spread over seeds 1.6-2.6 (heavy tails)
     assert evaluate_nelbo(oracle(toy), one, samples=1).to_dict()["bits_per_token_stderr"] is None  # NaN -> JSON null
 
 

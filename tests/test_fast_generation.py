@@ -12,7 +12,7 @@ import maskdiff
 from maskdiff.cli import main
 from maskdiff.errors import MaskdiffError
 from maskdiff.objectives.genmd4 import GenMD4, inverse_softplus
-from maskdiff.sampling import fill_after_eos
+from maskdiff.sampling import fill_after_eos, row_seeds
 from maskdiff.sampling.rules import Factor, Threshold
 
 V = 6
@@ -237,17 +237,16 @@ def test_mixed_length_prompts_give_each_row_what_it_gets_alone(toy, case):
         if "eos" in case:
             options.update(eos_id=5, truncate_after_eos=True)
     given = mixed_prompts(model.mask_id, length)
-    generators = [seed(100 + i) for i in range(3)]
-    batch = model.sample(3, length, 8, given=given, generator=generators, **options)
+    batch = model.sample(3, length, 8, given=given, seeds=row_seeds([100, 101, 102]), **options)
     for i in range(3):
         alone = model.sample(1, length, 8, given=given[i : i + 1], generator=seed(100 + i), **options)
         assert torch.equal(batch[i], alone[0]), i
     assert (batch[1, :5] == given[1, :5]).all() and batch[0, 0] == given[0, 0]
 
 
-def test_one_generator_per_row_is_checked(toy):
-    with pytest.raises(MaskdiffError, match="2 generators for 3 samples"):
-        oracle_model(toy).sample(3, toy.L, 4, generator=[seed(0), seed(1)])
+def test_one_seed_per_row_is_checked(toy):
+    with pytest.raises(MaskdiffError, match=r"seeds has shape \(2,\), expected \(3,\)"):
+        oracle_model(toy).sample(3, toy.L, 4, seeds=row_seeds([0, 1]))
 
 
 def test_finished_rows_stop_at_the_end_of_their_block_with_the_same_output():

@@ -246,7 +246,7 @@ def test_a_fine_tuning_run_starts_from_the_source_weights_and_resumes_bit_exactl
     cfg = RunConfig.load(whole / "config.json")
     tokenizer, splits = prepare_data(cfg.data, load_run(source_run).tokenizer)
     state = TrainState.create(cfg, tokenizer.vocab_size, splits, torch.device("cpu"))
-    state.start_from(source_run / "checkpoints" / "step-000004" / "ema.safetensors")
+    state.start_from(source_run / "checkpoints" / "step-000004", "ema")
     source = load_run(source_run).model.state_dict()
     assert all(torch.equal(value, source[key]) for key, value in state.model.state_dict().items())
 

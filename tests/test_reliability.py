@@ -136,7 +136,10 @@ def test_a_failed_save_is_reported_and_the_previous_checkpoint_stays(corpus_file
 
 def launch(corpus, out, steps, *extra):
     args = [f"--set={o}" for o in SMALL + [f"train.steps={steps}", "train.checkpoint_every=5"]]
-    cmd = [sys.executable, "-m", "maskdiff", "train", "--data", str(corpus), "--out", str(out), "--quiet", *args, *extra]
+    # the same thread count as the in-process run it is compared with: the CLI's automatic choice
+    # takes 1 thread on a busy machine, and another reduction order changes the last bits
+    threads = f"--threads={torch.get_num_threads()}"
+    cmd = [sys.executable, "-m", "maskdiff", "train", "--data", str(corpus), "--out", str(out), "--quiet", threads, *args, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

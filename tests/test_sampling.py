@@ -11,7 +11,7 @@ from conftest import ToyDistribution
 import maskdiff
 from maskdiff.errors import MaskdiffError
 from maskdiff.objectives.genmd4 import GenMD4, inverse_softplus
-from maskdiff.sampling import SamplerOptions, categorical, fill_after_eos, filter_probs, iterate, time_grid
+from maskdiff.sampling import SamplerOptions, categorical, fill_after_eos, filter_probs, iterate, stream_seeds, time_grid
 
 GOLDEN = Path(__file__).parent / "golden" / "samples.json"
 
@@ -121,6 +121,24 @@ def test_samples_do_not_depend_on_the_batch_size(toy):
     large = model.sample(12, toy.L, steps=10, generator=seed(9))
     assert torch.equal(small, large[:3])
     assert torch.equal(small, model.sample(3, toy.L, steps=10, generator=seed(9)))
+
+
+@pytest.mark.parametrize("method", ["ancestral", "low_confidence", "threshold"])
+def test_rows_of_different_seeds_in_one_batch_equal_their_runs_alone(toy, method):
+    """What a server batching requests relies on: each row's stream seed (stream_seeds) makes it
+    independent of its batch-mates, prompts (given rows) differing per row included."""
+    model = oracle_model(toy)
+    given = torch.tensor([[1, 3, 3, 3], [3, 3, 0, 3]])
+    alone = [
+        model.sample(2, 4, 6, method=method, given=given[:1].expand(2, -1), generator=seed(1)),
+        model.sample(3, 4, 6, method=method, given=given[1:].expand(3, -1), generator=seed(2)),
+    ]
+    seeds = torch.cat([stream_seeds(seed(1), 2), stream_seeds(seed(2), 3)])
+    together = model.sample(5, 4, 6, method=method, given=torch.cat([given[:1].expand(2, -1), given[1:].expand(3, -1)]), seeds=seeds)
+    assert torch.equal(together, torch.cat(alone))
+    assert torch.equal(stream_seeds(seed(2), 2, first=1), stream_seeds(seed(2), 3)[1:])  # samples 1..2 of seed 2
+    with pytest.raises(MaskdiffError, match="seeds has shape"):
+        model.sample(2, 4, 6, seeds=seeds)
 
 
 def test_cfg_with_zero_weight_equals_plain_conditional_sampling(toy):

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 import maskdiff
@@ -62,3 +63,23 @@ def test_longer_sequences_than_seen_work_and_gradients_flow():
     z = torch.randint(0, V + 1, (2, 300))
     model(z, torch.rand(2)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_llama_shaped_blocks_swiglu_and_rmsnorm():
+    """model.mlp=swiglu and model.norm=rmsnorm (SMDM's presets): three MLP matrices of hidden width
+    mlp_ratio * d, norms without bias, and KV-cached decoding still equal to the full pass."""
+    cfg = maskdiff.ModelConfig(n_layers=2, d_model=16, n_heads=2, mlp_ratio=4, causal=True, mlp="swiglu", norm="rmsnorm")
+    net = maskdiff.Transformer(cfg, 11).eval()
+    block = net.blocks[0]
+    assert isinstance(block.norm1, torch.nn.RMSNorm) and block.mlp.up.weight.shape == (2 * 64, 16)
+    assert sum(p.numel() for p in block.mlp.parameters()) == 3 * 16 * 64
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+        z, t = torch.randint(0, 12, (2, 9)), torch.zeros(2)
+        full = net(z, t)
+        cache = net.new_cache(9)
+        pieces = [net.forward_cached(z[:, :4], t, cache), net.forward_cached(z[:, 4:], t, cache)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(maskdiff.MaskdiffError, match="model.mlp must be gelu or swiglu"):
+        maskdiff.RunConfig().with_overrides(["model.mlp=relu"])

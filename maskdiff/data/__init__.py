@@ -20,6 +20,7 @@ import torch
 
 from maskdiff.data.images import READERS, image_batches, prepare_images
 from maskdiff.data.pairs import pair_batches, prepare_pairs
+from maskdiff.data.shards import prepare_tokens, token_batches
 from maskdiff.data.splits import Splits, chunks
 from maskdiff.data.text import prepare_text, read_text, text_batches
 from maskdiff.registry import Registry
@@ -47,6 +48,7 @@ class DataFormat:
 FORMATS: Registry[DataFormat] = Registry("data.format")
 FORMATS.add("text", DataFormat("text", prepare_text, text_batches))
 FORMATS.add("pairs", DataFormat("text", prepare_pairs, pair_batches))  # prompt/response JSONL for conditional fine-tuning
+FORMATS.add("tokens", DataFormat("text", prepare_tokens, token_batches))  # token shards written by `maskdiff prepare`
 for _name in READERS:
     FORMATS.add(_name, DataFormat("image", prepare_images, image_batches))
 

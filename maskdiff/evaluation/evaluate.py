@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from maskdiff import distributed
 from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
 from maskdiff.data.pairs import encode_pairs, read_pairs
+from maskdiff.data.shards import is_prepared, read_prepared
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import evaluate_nelbo
 from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
@@ -53,10 +57,17 @@ def evaluate_checkpoint(
     file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
     encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
 
+    A ``data`` folder written by ``maskdiff prepare`` is read as it was prepared (its ``split``;
+    ``test`` and ``valid`` both name its validation split); it must have been tokenized with the
+    run's own tokenizer.
+
     A run trained on prompt/response pairs (``data.format=pairs``) is evaluated on pairs: its
     own splits, or a ``data`` JSONL file of them, with the bound (or exact likelihood) of each
     response and its end-of-text given the prompt, per scored token; every example is one
     sequence of the run's length (``length`` cannot change) and ``chain_rule`` is refused.
+
+    Under ``torchrun`` the bound's batches are split across the processes (each loads the whole
+    model) and every process returns the result of one process, up to rounding.
 
     Returns the result and a description of what was evaluated (checkpoint, data, unit, ...).
     """
@@ -69,6 +80,8 @@ def evaluate_checkpoint(
     if max_sequences is not None and max_sequences < 1:
         raise MaskdiffError(f"max sequences must be >= 1, got {max_sequences}")
     dev = resolve_device(device)
+    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     run = load_run(checkpoint, device=dev)
     if chain_rule:
         check_chain_rule(run.model)
@@ -87,6 +100,10 @@ def evaluate_checkpoint(
         source = str(data)
         assert isinstance(run.tokenizer, CharTokenizer)  # pairs are text
         sequences, masks = encode_pairs(read_pairs(data), run.tokenizer, run.config.data.eos, length, data)
+    elif data and is_prepared(data):
+        _, prepared = read_prepared(data, run.tokenizer)  # refused unless tokenized with the run's tokenizer
+        sequences = chunks(prepared.get(split), length)
+        source = f"{data} ({'train' if split == 'train' else 'validation'} split)"
     elif data:
         source = str(data)
         tokens, skipped = encode_corpus(run.tokenizer, read_text(data), f"corpus {source!r}", skip_unknown)
@@ -97,14 +114,19 @@ def evaluate_checkpoint(
             sequences, masks = evaluation_sequences(splits, split, length)
         else:
             sequences = chunks(splits.get(split), length)
-        source = f"{run.config.data.path or 'built-in corpus'} ({split} split)"
+        shown = "validation" if run.config.data.format == "tokens" and split == "test" else split  # prepared data hold no test split
+        source = f"{run.config.data.path or 'built-in corpus'} ({shown} split)"
     sequences = sequences[:max_sequences]
     masks = None if masks is None else masks[:max_sequences]
     dtype = resolve_precision(precision, dev)
     if chain_rule:
         result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)
     else:
-        result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress, loss_masks=masks)
+        ctx, _ = distributed.setup(dev)  # dev is this process's device already (see evaluate_checkpoint)
+        try:
+            result = evaluate_nelbo(run.model, sequences, batch_size, mc_samples, timesteps, seed, dtype, progress and ctx.is_main, masks, ctx)
+        finally:
+            distributed.teardown(ctx)
     info = {
         "checkpoint": str(run.checkpoint),
         "step": run.step,

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from maskdiff.errors import MaskdiffError
 from maskdiff.hardware import autocast
 from maskdiff.objectives import Objective
-from maskdiff.sampling import SamplerOptions, Step
+from maskdiff.sampling import SamplerOptions, Step, row_seeds
 
 
 @dataclass
@@ -43,14 +43,23 @@ def run_sampler(
     dtype: torch.dtype | None = None,
     progress: bool = False,
     on_step: Callable[[Step], None] | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> Sampled:
     """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included).
 
-    ``seed`` may be one seed per sample: each sample then gets what it gets alone with its seed.
-    """
-    generator = torch.Generator().manual_seed(seed) if isinstance(seed, int) else [torch.Generator().manual_seed(s) for s in seed]
+    ``seed`` may be one seed per sample: each sample then gets what it gets alone with its seed
+    (:func:`maskdiff.sampling.row_seeds`). ``seeds`` [N] (:func:`maskdiff.sampling.stream_seeds`)
+    give each row its own random stream instead of ``seed``'s, so rows of different requests can
+    share a batch."""
+    if not isinstance(seed, int):
+        if seeds is not None:
+            raise MaskdiffError("give one seed per sample or the stream seeds, not both")
+        if len(seed) != num_samples:
+            raise MaskdiffError(f"{len(seed)} seeds for {num_samples} samples: give one seed per sample")
+        seeds, seed = row_seeds(seed), 0
+    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels)
+    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, seeds=seeds)
     with autocast(device or torch.device("cpu"), dtype):
         first = next(states)  # the initial state: a problem with the request shows here, before any progress bar
         step = first

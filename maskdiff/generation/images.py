@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskdiff.checkpoint import load_run
+from maskdiff.checkpoint import LoadedRun, load_run
 from maskdiff.data.images import images_to_tokens, read_image_file, tokens_to_images
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.frontend import check_output_path, run_sampler
@@ -134,6 +134,27 @@ def inpainting_given(pixels: np.ndarray, region: str, mask_id: int) -> torch.Ten
 
 
 # ------------------------------------------------------------------ the whole job
+def image_labels(run: LoadedRun, num_samples: int, label: int | None, options: SamplerOptions) -> torch.Tensor | None:
+    """The class labels [N] of ``num_samples`` images of class ``label`` (None: unconditional), checked against the run."""
+    num_classes = getattr(run.config.model, "num_classes", 0)
+    labels = None
+    if label is not None:
+        if not num_classes:
+            raise MaskdiffError("this run is not class-conditional (model.num_classes = 0); drop the label")
+        if not 0 <= label < num_classes:
+            raise MaskdiffError(f"label {label} is out of range: the run has classes 0..{num_classes - 1}")
+        labels = torch.full((num_samples,), label, dtype=torch.long)
+    if options.cfg and labels is None:
+        raise MaskdiffError("classifier-free guidance on images needs a class label to guide towards")
+    return labels
+
+
+def image_precision(run: LoadedRun, precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for sampling an image run; "auto" follows the run's own precision (image
+    runs on CPUs train in fp32: bf16 convolutions are slow there)."""
+    return resolve_precision(run.config.train.precision if precision == "auto" else precision, device)
+
+
 def default_output(run_dir: Path, inpaint: bool) -> Path:
     return run_dir / ("inpainting.png" if inpaint else "samples.png")
 
@@ -175,16 +196,7 @@ def generate_images(
     if num_samples < 1:
         raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
     options = SamplerOptions(**sampler_options)
-    num_classes = getattr(run.config.model, "num_classes", 0)
-    labels = None
-    if label is not None:
-        if not num_classes:
-            raise MaskdiffError("this run is not class-conditional (model.num_classes = 0); drop the label")
-        if not 0 <= label < num_classes:
-            raise MaskdiffError(f"label {label} is out of range: the run has classes 0..{num_classes - 1}")
-        labels = torch.full((num_samples,), label, dtype=torch.long)
-    if options.cfg and labels is None:
-        raise MaskdiffError("classifier-free guidance on images needs a class label to guide towards")
+    labels = image_labels(run, num_samples, label, options)
     given = None
     if inpaint is not None:
         pixels = read_image_file(inpaint, channels)
@@ -208,8 +220,7 @@ def generate_images(
         if on_step is not None:
             on_step(step)
 
-    # "auto" follows the run's own precision: image runs on CPUs train in fp32 (bf16 convolutions are slow there)
-    dtype = resolve_precision(run.config.train.precision if precision == "auto" else precision, dev)
+    dtype = image_precision(run, precision, dev)
     result = run_sampler(
         run.model,
         num_samples,

@@ -135,53 +135,28 @@ def generate_from_run(
     autocast precision (None: fp32). ``on_step(step, texts)`` sees every intermediate state with
     masks shown as underscores.
     """
-    mask_id = run.model.mask_id
-    if eos is None and run.config.data.eos:
-        eos = run.config.data.eos
-        sampler_options.setdefault("truncate_after_eos", True)
-    seq_len = run.config.data.seq_len
-    length = seq_len if length is None else length
     prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
     if len(prompts) > 1 and len(prompts) != num_samples:
         raise MaskdiffError(f"{len(prompts)} prompts for {num_samples} samples: give one prompt per sample")
-    if not isinstance(seed, int) and len(seed) != num_samples:
-        raise MaskdiffError(f"{len(seed)} seeds for {num_samples} samples: give one seed per sample")
-    rows = [conditioning(run.tokenizer, mask_id, length, text, infill) for text in prompts]
-    given_row = rows[0]
-    if given_row is not None:
-        length = given_row.numel()
-    padded = given_padding(run, length)
-    if padded:  # the padding after the response, given as in training (maskdiff/data/pairs.py)
-        pad = torch.full((padded,), int(run.tokenizer.encode(run.config.data.eos)[0]), dtype=torch.long)
-        free = torch.full((length,), mask_id, dtype=torch.long)
-        rows = [torch.cat([free if row is None else row, pad]) for row in rows]
-        given_row = rows[0]
-        length += padded
-    if eos is not None:
-        eos_ids = run.tokenizer.encode(eos)
-        if eos_ids.numel() != 1:
-            raise MaskdiffError(f"the end-of-text marker {eos!r} must be exactly one token, not {eos_ids.numel()}")
-        sampler_options["eos_id"] = int(eos_ids[0])
-    options = SamplerOptions(**sampler_options)
-    if options.cfg and given_row is None:
-        raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
-    if given_row is None:
+    plans = [plan_text(run, length, text, infill, eos, **sampler_options) for text in prompts]
+    plan = plans[0]  # the prompts change only the given rows: every plan has the same length and options
+    if plan.given is None:
         given = None
-    elif len(rows) > 1:
-        given = torch.stack([row for row in rows if row is not None])  # every row is a prompt here
+    elif len(plans) > 1:
+        given = torch.stack([p.given for p in plans if p.given is not None])  # every row is a prompt here
     else:
-        given = given_row.expand(num_samples, -1).clone()
+        given = plan.given.expand(num_samples, -1).clone()
 
     def show(step: Step) -> None:
         if on_step is not None:
-            on_step(step, [decode_partial(run.tokenizer, row, mask_id) for row in step.z.tolist()])
+            on_step(step, [decode_partial(run.tokenizer, row, run.model.mask_id) for row in step.z.tolist()])
 
     result = run_sampler(
         run.model,
         num_samples,
-        length,
+        plan.length,
         steps,
-        options,
+        plan.options,
         seed=seed,
         given=given,
         device=device,
@@ -189,10 +164,63 @@ def generate_from_run(
         progress=progress,
         on_step=show,
     )
-    cut = options.eos_id if options.truncate_after_eos else None
-    texts = [decode(run.tokenizer, row[: length - padded], cut) for row in result.final.z.tolist()]
     final = result.final
-    return Generation(texts, result.seconds, num_samples * length / result.seconds, final.nfe, final.tokens_per_evaluation)
+    texts = plan.decode(run.tokenizer, final.z)
+    return Generation(texts, result.seconds, num_samples * plan.length / result.seconds, final.nfe, final.tokens_per_evaluation)
+
+
+@dataclass
+class TextPlan:
+    """What a text request asks of the sampler: the conditioning, the length and the options.
+
+    Rows of requests whose plans share ``length`` and ``options`` (and steps) can be sampled as
+    one batch, each with its own ``given`` row (``maskdiff serve`` does).
+    """
+
+    given: torch.Tensor | None  # [length] ids with the mask id at free positions, or None: all free
+    length: int  # positions sampled, the padding of a fine-tuned run included
+    padded: int  # given end-of-text padding at the end, not part of the text
+    prefix: int  # tokens of the prompt (0 without one)
+    options: SamplerOptions
+
+    def decode(self, tokenizer, z: torch.Tensor, start: int = 0) -> list[str]:
+        """The texts of final states z [N, length] from position ``start`` on, cut at the end of
+        text when the options say so."""
+        cut = self.options.eos_id if self.options.truncate_after_eos else None
+        return [decode(tokenizer, row[start : self.length - self.padded], cut) for row in z.tolist()]
+
+
+def plan_text(
+    run: LoadedRun, length: int | None = None, prompt: str | None = None, infill: str | None = None, eos: str | None = None, **sampler_options
+) -> TextPlan:
+    """Check a text request and turn it into a :class:`TextPlan` (arguments as for :func:`generate_from_run`)."""
+    mask_id = run.model.mask_id
+    if eos is None and run.config.data.eos:
+        eos = run.config.data.eos
+        sampler_options.setdefault("truncate_after_eos", True)
+    length = run.config.data.seq_len if length is None else length
+    given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
+    if given_row is not None:
+        length = given_row.numel()
+    padded = given_padding(run, length)
+    if padded:  # the padding after the response, given as in training (maskdiff/data/pairs.py)
+        pad = torch.full((padded,), int(run.tokenizer.encode(run.config.data.eos)[0]), dtype=torch.long)
+        free = torch.full((length,), mask_id, dtype=torch.long)
+        given_row = torch.cat([free if given_row is None else given_row, pad])
+        length += padded
+    if eos is not None:
+        eos_ids = run.tokenizer.encode(eos)
+        if eos_ids.numel() != 1:
+            raise MaskdiffError(f"the end-of-text marker {eos!r} must be exactly one token, not {eos_ids.numel()}")
+        sampler_options["eos_id"] = int(eos_ids[0])
+    try:
+        options = SamplerOptions(**sampler_options)
+    except TypeError as err:
+        raise MaskdiffError(f"unknown sampler option: {err}") from None
+    if options.cfg and given_row is None:
+        raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
+    prefix = len(run.tokenizer.encode(prompt)) if prompt is not None else 0
+    return TextPlan(given_row, length, padded, prefix, options)
 
 
 def given_padding(run: LoadedRun, length: int) -> int:

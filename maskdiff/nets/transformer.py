@@ -40,10 +40,16 @@ class TransformerConfig(Section):
     dropout: float = option(0.0, "dropout probability in attention and MLP")
     rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
     causal: bool = option(False, "causal attention (a position sees itself and earlier ones): the network of diffusion.objective=ar")
+    mlp: str = option("gelu", "MLP: gelu (two matrices) or swiglu (Llama's gated MLP: three matrices of hidden width mlp_ratio * d_model)")
+    norm: str = option("layernorm", "normalisation: layernorm or rmsnorm (Llama's)")
 
     def problems(self) -> list[str]:
         out = at_least_one(self, "model", ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features"))
         out += head_problems(self.d_model, self.n_heads)
+        if self.mlp not in ("gelu", "swiglu"):
+            out.append(f"model.mlp must be gelu or swiglu, not {self.mlp!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            out.append(f"model.norm must be layernorm or rmsnorm, not {self.norm!r}")
         if not 0 <= self.dropout < 1:
             out.append("model.dropout must be in [0, 1)")
         if self.rope_base <= 1:
@@ -213,27 +219,38 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
+def make_norm(kind: str, d_model: int, affine: bool) -> nn.Module:
+    """LayerNorm, or RMSNorm (no centring, no bias) for ``kind="rmsnorm"``."""
+    return nn.RMSNorm(d_model, elementwise_affine=affine) if kind == "rmsnorm" else nn.LayerNorm(d_model, elementwise_affine=affine)
+
+
 class MLP(nn.Module):
-    def __init__(self, d_model: int, mlp_ratio: int, dropout: float):
+    """GELU MLP, or with ``gated`` SwiGLU: silu(x W_gate) * (x W_up), the two in one up-projection."""
+
+    def __init__(self, d_model: int, mlp_ratio: int, dropout: float, gated: bool = False):
         super().__init__()
         hidden = mlp_ratio * d_model
-        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.gated = gated
+        self.up = nn.Linear(d_model, 2 * hidden if gated else hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.dropout(self.down(F.silu(gate) * up))
         return self.dropout(self.down(F.gelu(self.up(x))))
 
 
 class Block(nn.Module):
     """Pre-norm attention + MLP; with a condition c [B, D], adaLN-Zero shifts, scales and gates both."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, conditioned: bool):
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, conditioned: bool, mlp: str = "gelu", norm: str = "layernorm"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model, elementwise_affine=not conditioned)
+        self.norm1 = make_norm(norm, d_model, affine=not conditioned)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.norm2 = nn.LayerNorm(d_model, elementwise_affine=not conditioned)
-        self.mlp = MLP(d_model, mlp_ratio, dropout)
+        self.norm2 = make_norm(norm, d_model, affine=not conditioned)
+        self.mlp = MLP(d_model, mlp_ratio, dropout, gated=mlp == "swiglu")
         self.modulation = nn.Linear(d_model, 6 * d_model) if conditioned else None
 
     def forward(self, x, cos, sin, c=None, causal: bool = False, cache: KVCache | None = None, layer: int = 0):
@@ -261,8 +278,10 @@ class Transformer(nn.Module):
             if cfg.time_conditioning
             else None
         )
-        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning) for _ in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_conditioning)
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning, cfg.mlp, cfg.norm) for _ in range(cfg.n_layers)
+        )
+        self.norm = make_norm(cfg.norm, cfg.d_model, affine=not cfg.time_conditioning)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
         self.head = nn.Linear(cfg.d_model, vocab_size)
         self._rotary_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from maskdiff.objectives.autoregressive import Autoregressive
-from maskdiff.objectives.base import Denoiser, DiffusionModel, Objective, mask_tokens, masked_cross_entropy, stratified_times, sum_scored
+from maskdiff.objectives.base import BatchShard, Denoiser, DiffusionModel, Objective, mask_tokens, masked_cross_entropy, stratified_times, sum_scored
 from maskdiff.objectives.genmd4 import GenMD4
 from maskdiff.objectives.md4 import MaskedDiffusion
 from maskdiff.registry import Registry
@@ -25,6 +25,7 @@ OBJECTIVES.add("ar", lambda section, denoiser, vocab: Autoregressive(denoiser, v
 
 __all__ = [
     "OBJECTIVES",
+    "BatchShard",
     "Objective",
     "DiffusionModel",
     "MaskedDiffusion",

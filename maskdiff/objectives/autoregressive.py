@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, Objective, sum_scored
+from maskdiff.objectives.base import BatchShard, Denoiser, Objective, sum_scored
 from maskdiff.sampling import SamplerOptions, SamplerStats, SampleStreams, Step, categorical, filter_probs
 from maskdiff.sampling.loop import initial_state
 
@@ -99,9 +99,10 @@ class Autoregressive(Objective):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy, nats per sequence [B]: the negative log-likelihood itself
-        (of the ``loss_mask`` positions when given)."""
+        (of the ``loss_mask`` positions when given). Nothing is random, so a ``shard`` changes nothing."""
         return self.nelbo(x0, labels=labels, loss_mask=loss_mask)
 
     def num_parameters(self) -> int:
@@ -123,6 +124,7 @@ class Autoregressive(Objective):
         device=None,
         options: SamplerOptions | None = None,
         labels: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
         **option_values,
     ) -> Iterator[Step]:
         """Every state of left-to-right decoding: the initial one, then one per generated position.
@@ -133,7 +135,8 @@ class Autoregressive(Objective):
         differ in length); a fixed id after a free position (an infill template) is refused.
         Each step draws the next position of every row from the network's prediction after
         ``temperature``, ``top_k`` and ``top_p``, with one draw per position from the sample's
-        own random stream (so a sample depends only on the seed and its index); positions a
+        own random stream (so a sample depends only on the seed and its index; ``seeds`` [N] sets
+        each row's stream seed instead of ``generator``); positions a
         row's prompt fixes keep their ids. Positions not yet generated hold the mask id.
 
         Options (:class:`~maskdiff.sampling.SamplerOptions`): ``eos_id`` with ``min_length``
@@ -169,7 +172,7 @@ class Autoregressive(Objective):
                 "an autoregressive model continues a prompt: it cannot generate positions before fixed ones "
                 "(an infill template); give a prefix (--prompt) instead"
             )
-        streams = SampleStreams(num_samples, generator, device)
+        streams = SampleStreams(num_samples, generator, device, seeds)
         return self._decode(z, free, options, streams)
 
     def _decode(self, z: torch.Tensor, free: torch.Tensor, options: SamplerOptions, streams: SampleStreams) -> Iterator[Step]:

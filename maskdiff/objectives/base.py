@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,10 +42,35 @@ from maskdiff.sampling.cache import CachedPass
 Denoiser = Callable[..., torch.Tensor]  # (z_t [B, L], t [B], labels=None) -> logits [B, L, V]
 
 
-def uniform_draws(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    """U(0, 1) draws from ``generator`` (on the generator's own device), moved to ``device``."""
+@dataclass(frozen=True)
+class BatchShard:
+    """This process's rows ``start:stop`` of a batch of ``total`` sequences split across the processes of a job.
+
+    A loss given a shard draws its noise (times, masks) for the whole batch from the generator,
+    which every process holds in the same state, and keeps the rows of the shard: the losses and
+    gradients of a run then do not depend on how its batches are split across processes.
+    """
+
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+def uniform_draws(shape, generator: torch.Generator | None, device, dtype=torch.float32, shard: BatchShard | None = None) -> torch.Tensor:
+    """U(0, 1) draws from ``generator`` (on the generator's own device), moved to ``device``.
+
+    With ``shard`` the first dimension of ``shape`` is the shard's rows: the draws are made for
+    all ``shard.total`` rows and those of the shard kept.
+    """
     source = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=source, dtype=dtype).to(device)
+    if shard is None:
+        return torch.rand(shape, generator=generator, device=source, dtype=dtype).to(device)
+    whole = torch.rand((shard.total, *shape[1:]), generator=generator, device=source, dtype=dtype)
+    return whole[shard.rows].to(device)
 
 
 def stratified_times(batch: int, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
@@ -62,14 +88,21 @@ def stratified_grid_times(batch: int, device, timesteps: int | None, generator: 
 
 
 def mask_tokens(
-    x0: torch.Tensor, alpha_t: torch.Tensor, mask_id: int, generator: torch.Generator | None, maskable: torch.Tensor | None = None
+    x0: torch.Tensor,
+    alpha_t: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator | None,
+    maskable: torch.Tensor | None = None,
+    shard: BatchShard | None = None,
 ) -> torch.Tensor:
     """Forward process q(z_t | x0): keep each token with probability alpha_t ([B], or [B, L] per token), else mask.  -> [B, L]
 
     ``maskable`` [B, L] (bool; None: every position) limits the masking to those positions; the
-    others are given, always kept. The same uniform draws are made either way.
+    others are given, always kept. The same uniform draws are made either way. With ``shard``
+    x0 holds the shard's rows of a larger batch (:class:`BatchShard`).
     """
-    keep = uniform_draws(x0.shape, generator, x0.device, alpha_t.dtype) < (alpha_t[:, None] if alpha_t.ndim == 1 else alpha_t)
+    draws = uniform_draws(x0.shape, generator, x0.device, alpha_t.dtype, shard)
+    keep = draws < (alpha_t[:, None] if alpha_t.ndim == 1 else alpha_t)
     if maskable is not None:
         keep = keep | ~maskable.to(device=x0.device, dtype=torch.bool)
     return torch.where(keep, x0, torch.full_like(x0, mask_id))
@@ -120,11 +153,14 @@ class Objective(nn.Module):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """What the trainer minimises, in nats per sequence [B].
 
         ``loss_mask`` [B, L] (bool) restricts the loss to its positions, the rest being given
         (conditional fine-tuning; see the module docstring); None scores every position.
+        ``shard``: x0 holds these rows of a batch split across processes (:class:`BatchShard`);
+        the noise is drawn for the whole batch.
         """
         raise NotImplementedError
 
@@ -141,7 +177,10 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def iterate(self, num_samples: int, length: int, steps: int, **options) -> Iterator[Step]:
-        """Every state of generating ``num_samples`` sequences of ``length`` tokens; the last one is the output."""
+        """Every state of generating ``num_samples`` sequences of ``length`` tokens; the last one is the output.
+
+        Keywords: ``given``, ``generator``, ``device``, ``options`` (or their fields), ``labels`` and
+        ``seeds`` (one stream seed per row, instead of drawing them from ``generator``)."""
         raise NotImplementedError
 
     def sample(
@@ -271,6 +310,12 @@ class DiffusionModel(Objective):
         """Stratified t across the batch; on the grid {1/T, ..., 1} when ``timesteps=T``.  -> [B]"""
         return stratified_grid_times(batch, device, timesteps, generator)
 
+    def shard_times(self, batch: int, device, timesteps: int | None, generator: torch.Generator | None, shard: BatchShard | None) -> torch.Tensor:
+        """:meth:`draw_times` for ``batch`` rows, or for the whole batch of ``shard`` and then its rows.  -> [batch]"""
+        if shard is None:
+            return self.draw_times(batch, device, timesteps, generator)
+        return self.draw_times(shard.total, device, timesteps, generator)[shard.rows]
+
     def nelbo(
         self,
         x0: torch.Tensor,
@@ -278,6 +323,7 @@ class DiffusionModel(Objective):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """One-sample NELBO estimate in nats per sequence [B], t stratified across the batch.
 
@@ -285,11 +331,12 @@ class DiffusionModel(Objective):
         continuous one as T grows). ``labels`` [B] (class-conditional denoisers only) are passed
         to the denoiser as ``labels=``. ``loss_mask`` [B, L] (bool): only those positions are
         masked and scored, the others are given, so this bounds -log p(x0[loss_mask] | the rest).
+        ``shard``: x0 holds these rows of a larger batch, whose times and masks are drawn (:class:`BatchShard`).
         """
         if timesteps is not None and timesteps < 1:
             raise MaskdiffError(f"timesteps must be >= 1, got {timesteps}")
-        t = self.draw_times(x0.shape[0], x0.device, timesteps, generator)
-        z_t = mask_tokens(x0, self.keep_probability(x0, t).detach(), self.mask_id, generator, maskable=loss_mask)
+        t = self.shard_times(x0.shape[0], x0.device, timesteps, generator, shard)
+        z_t = mask_tokens(x0, self.keep_probability(x0, t).detach(), self.mask_id, generator, maskable=loss_mask, shard=shard)
         loss = self.loss_from_logits(self.predict(z_t, t, labels), x0, z_t, t, timesteps)  # scores masked positions only
         boundary = self.boundary_terms(x0, loss_mask)
         return loss if boundary is None else loss + boundary
@@ -300,9 +347,10 @@ class DiffusionModel(Objective):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """What the trainer minimises, in nats per sequence [B]: by default the NELBO itself."""
-        return self.nelbo(x0, generator=generator, labels=labels, loss_mask=loss_mask)
+        return self.nelbo(x0, generator=generator, labels=labels, loss_mask=loss_mask, shard=shard)
 
     # ----------------------------------------------------------------- generation
     def iterate(
@@ -315,9 +363,20 @@ class DiffusionModel(Objective):
         device=None,
         options: SamplerOptions | None = None,
         labels: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
         **option_values,
     ) -> Iterator[Step]:
         """Every state of the reverse process (:func:`maskdiff.sampling.iterate`); the last has no mask ids."""
         return iterate(
-            self, num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, **option_values
+            self,
+            num_samples,
+            length,
+            steps,
+            given=given,
+            generator=generator,
+            device=device,
+            options=options,
+            labels=labels,
+            seeds=seeds,
+            **option_values,
         )

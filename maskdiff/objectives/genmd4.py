@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, DiffusionModel, mask_tokens, stratified_grid_times, sum_scored
+from maskdiff.objectives.base import BatchShard, Denoiser, DiffusionModel, mask_tokens, stratified_grid_times, sum_scored
 from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
 
@@ -175,18 +175,20 @@ class GenMD4(DiffusionModel):
         generator: torch.Generator | None = None,
         labels: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        shard: BatchShard | None = None,
     ) -> torch.Tensor:
         """The NELBO averaged over two maskings at the same t, with the RLOO gradient for w.  -> [B]
 
         Its value is the bound; its gradient adds 0.5 (l1 - l2) grad(log q(z1) - log q(z2)),
         the score-function term of the masks' dependence on w with a leave-one-out baseline.
-        With ``loss_mask`` both maskings leave the other positions given (as in :meth:`nelbo`).
+        With ``loss_mask`` both maskings leave the other positions given (as in :meth:`nelbo`);
+        with ``shard`` the times and masks are drawn for the whole batch (:class:`BatchShard`).
         """
         batch = x0.shape[0]
-        t = self.draw_times(batch, x0.device, None, generator)
+        t = self.shard_times(batch, x0.device, None, generator, shard)
         keep = self.keep_probability(x0, t)  # [B, L], differentiable in w
-        z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask)
-        z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask)
+        z1 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask, shard=shard)
+        z2 = mask_tokens(x0, keep.detach(), self.mask_id, generator, maskable=loss_mask, shard=shard)
         both_labels = None if labels is None else torch.cat([labels, labels])
         logits = self.predict(torch.cat([z1, z2]), torch.cat([t, t]), both_labels)  # both maskings in one call
         l1 = self.loss_from_logits(logits[:batch], x0, z1, t)

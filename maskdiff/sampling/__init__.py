@@ -10,7 +10,7 @@ from maskdiff.sampling.cache import CACHE_MODES
 from maskdiff.sampling.distributions import GRIDS, categorical, filter_probs, time_grid
 from maskdiff.sampling.loop import SamplerOptions, SamplerStats, Step, fill_after_eos, iterate
 from maskdiff.sampling.rules import REMASK_SCHEDULES, RULES, Prediction, Rule, StepContext
-from maskdiff.sampling.streams import SampleStreams, splitmix64
+from maskdiff.sampling.streams import SampleStreams, row_seeds, splitmix64, stream_seeds
 
 __all__ = [
     "CACHE_MODES",
@@ -29,7 +29,9 @@ __all__ = [
     "fill_after_eos",
     "filter_probs",
     "iterate",
+    "row_seeds",
     "splitmix64",
+    "stream_seeds",
     "time_grid",
 ]
 

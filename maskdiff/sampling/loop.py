@@ -20,12 +20,19 @@ positions outside the current block between full passes over the sequence
 (:mod:`maskdiff.sampling.cache`); ``refresh`` sets how often a full pass runs. A rule may also
 mask revealed positions again (ReMDM, the ``remdm`` rule), and may warp the block's time grid.
 
-Randomness: each sample has its own counter-based stream (seeded from ``generator``, or from its
-own generator when ``generator`` is a list), and every step draws the same numbers (one reveal
-and one value draw per position) whatever the rule and whether or not the network is called, so
-samples depend only on the seed and their index, never on the batch size, on skipped network
-calls or on the other rows' prompts. Values are drawn by inverse-CDF sampling in float64
+Randomness: each sample has its own counter-based stream (seeded from ``generator``, or given
+as its stream seed in ``seeds``), and every step draws the same numbers (one reveal and one
+value draw per position) whatever the rule and whether or not the network is called, so samples
+depend only on the seed and their index, never on the batch size, on skipped network calls or
+on the other rows' prompts. Values are drawn by inverse-CDF sampling in float64
 (float32 noise truncates the tail of the distribution).
+
+Memory: the float64 arithmetic of a draw (temperature, top-k, top-p, the CDF) runs over chunks of
+positions of at most ``DRAW_CHUNK_BYTES`` per [positions, V] float64 tensor, and the logits stay in
+float32 when a float64 copy of them would be larger than that, so a 50k-token vocabulary never
+has full-vocabulary float64 probabilities for every position. Every draw is per position, so the
+chunks give exactly the values of one pass (small vocabularies fit in one chunk: the same
+computation as ever).
 
 End of text: with ``truncate_after_eos`` a row whose decoded blocks hold the end-of-text token
 (with nothing masked before it) is finished at the end of that block: the rest becomes eos, as it
@@ -35,7 +42,7 @@ would at the end anyway, and the row costs no further network calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +52,8 @@ from maskdiff.sampling.cache import CACHE_MODES, BlockCache, CachedPass
 from maskdiff.sampling.distributions import GRIDS, filter_probs, time_grid
 from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext, check_rule_options
 from maskdiff.sampling.streams import SampleStreams
+
+DRAW_CHUNK_BYTES = 1 << 23  # float64 bytes of one [positions, V] tensor of a draw (8 MiB)
 
 
 @dataclass
@@ -173,7 +182,9 @@ class Denoise:
         self.nfe = self.evaluations = self.full_calls = 0
 
     def __call__(self, z: torch.Tensor, rows: torch.Tensor, t: float, cached: CachedPass | None = None) -> torch.Tensor:
-        """Logits [len(rows), L, V] in float64 for z[rows] at time t; on a cache window only that window's positions."""
+        """Logits [len(rows), L, V] for z[rows] at time t, on a cache window only that window's positions:
+        float64, or float32 where a float64 copy would exceed DRAW_CHUNK_BYTES (the draws convert
+        each chunk to float64)."""
         z = z[rows]
         times = torch.full((z.shape[0],), t, device=z.device)
         self.nfe += 1
@@ -181,10 +192,11 @@ class Denoise:
         self.full_calls += cached is None or cached.window is None
         labels = None if self.labels is None else self.labels[rows]
         prompt = None if self.prompt is None else self.prompt[rows]
+        dtype = torch.float64 if z.numel() * self.model.mask_id * 8 <= DRAW_CHUNK_BYTES else torch.float32  # mask_id = V
         with torch.no_grad():
-            if cached is None:  # the call of the uncached sampler, unchanged
-                return self.model.guided_predict(z, times, self.options.cfg, prompt, labels)
-            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, cached=cached)
+            if cached is None:  # the call of the uncached sampler
+                return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype)
+            return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype, cached=cached)
 
 
 def iterate(
@@ -193,10 +205,11 @@ def iterate(
     length: int,
     steps: int,
     given: torch.Tensor | None = None,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    generator: torch.Generator | None = None,
     device=None,
     options: SamplerOptions | None = None,
     labels: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
     **option_values,
 ) -> Iterator[Step]:
     """Yield the initial state and the state after every step; the last has no mask ids.
@@ -207,9 +220,10 @@ def iterate(
     ``given`` [N, L] fixes every position that is not the mask id (prompts, infilling); rows may
     fix different positions (prompts of different lengths need no padding: the network is
     bidirectional). With ``cfg`` those positions form the prompt that the unconditional pass masks.
-    ``generator``: one generator for the batch, or one per row (row i then draws exactly what it
-    draws alone in a batch of one with that generator).
     ``labels`` [N] are class labels for a class-conditional denoiser (CFG then guides towards them).
+    ``seeds`` [N] are per-sample stream seeds (:func:`~maskdiff.sampling.streams.stream_seeds`)
+    used instead of ``generator``: rows of several requests sampled as one batch (row i then
+    draws exactly what it draws alone with its own seeds).
     Options are a :class:`SamplerOptions` or its fields as keywords.
     """
     if options is None:
@@ -228,7 +242,7 @@ def iterate(
             raise MaskdiffError(f"labels has shape {tuple(labels.shape)}, expected ({num_samples},)")
     rule = options.rule()
     denoise = Denoise(model, options, prompt, labels)
-    streams = SampleStreams(num_samples, generator, device)
+    streams = SampleStreams(num_samples, generator, device, seeds)
     all_rows = torch.arange(num_samples, device=device)
     plan = block_plan(length, steps, options.block_size)
     cache = None
@@ -342,11 +356,9 @@ def restrict(step: StepContext, rows: torch.Tensor, columns: slice) -> StepConte
 def decide(
     rule: Rule, step: StepContext, logits: torch.Tensor, u_value: torch.Tensor, options: SamplerOptions, rows: torch.Tensor, n: int
 ) -> Prediction:
-    """The rule's values for the rows one call ran (logits [R, W, V]), spread over all n rows.  -> [n, W]"""
-    probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
-    # at temperature 0 rank by the model's own probabilities, not by the one-hot
-    model_probs = torch.softmax(logits, dim=-1) if options.temperature == 0 else probs
-    return rule.draw(probs, u_value, step.p_reveal, step.last, model_probs).for_rows(rows, n)
+    """The rule's values for the rows one call ran (logits [R, W, V]), spread over all n rows; drawn
+    over chunks of positions (:func:`draw_values`).  -> [n, W]"""
+    return draw_values(rule, logits, u_value, step.p_reveal, step.last, options).for_rows(rows, n)
 
 
 def finish_rows(z: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
@@ -357,6 +369,39 @@ def finish_rows(z: torch.Tensor, eos_id: int, mask_id: int) -> torch.Tensor:
     before = torch.arange(z.shape[1], device=z.device)[None] < first[:, None]
     done = is_eos.any(-1) & ~((z == mask_id) & before).any(-1)
     return torch.where(done[:, None], fill_after_eos(z, eos_id), z)
+
+
+def draw_values(rule: Rule, logits: torch.Tensor, u_value: torch.Tensor, p_reveal: torch.Tensor, last: bool, options: SamplerOptions) -> Prediction:
+    """The rule's draw (:meth:`Rule.draw`) for logits [R, L, V], over chunks of positions whose
+    float64 tensors stay under DRAW_CHUNK_BYTES; the same values as one pass.  -> Prediction [R, L]"""
+    rows, length, vocab = logits.shape
+    per_chunk = max(1, DRAW_CHUNK_BYTES // (8 * vocab))  # positions
+    if rows * length <= per_chunk:
+        return draw_chunk(rule, logits, u_value, p_reveal, last, options)
+    values = torch.empty((rows, length), dtype=torch.long, device=logits.device)
+    confidence = torch.empty((rows, length), dtype=torch.float64, device=logits.device)
+    chance = torch.empty_like(confidence)
+    for r, c in position_chunks(rows, length, per_chunk):
+        part = draw_chunk(rule, logits[r, c], u_value[r, c], p_reveal, last, options)
+        values[r, c], confidence[r, c], chance[r, c] = part.values, part.confidence, part.chance
+    return Prediction(values, confidence, chance)
+
+
+def position_chunks(rows: int, length: int, per_chunk: int) -> list[tuple[slice, slice]]:
+    """(row slice, position slice) pieces of an [rows, length] grid of at most ``per_chunk`` positions:
+    whole rows together where one fits, else pieces of one row."""
+    if per_chunk >= length:
+        step = per_chunk // length
+        return [(slice(r, r + step), slice(None)) for r in range(0, rows, step)]
+    return [(slice(r, r + 1), slice(c, c + per_chunk)) for r in range(rows) for c in range(0, length, per_chunk)]
+
+
+def draw_chunk(rule: Rule, logits: torch.Tensor, u_value: torch.Tensor, p_reveal: torch.Tensor, last: bool, options: SamplerOptions) -> Prediction:
+    """Temperature, top-k and top-p in float64, then the rule's draw, for one chunk [r, l, V]."""
+    probs = filter_probs(logits, options.temperature, options.top_k, options.top_p)
+    # at temperature 0 rank by the model's own probabilities, not by the one-hot
+    model_probs = torch.softmax(logits.double(), dim=-1) if options.temperature == 0 else probs
+    return rule.draw(probs, u_value, p_reveal, last, model_probs)
 
 
 def fill_after_eos(z: torch.Tensor, eos_id: int) -> torch.Tensor:

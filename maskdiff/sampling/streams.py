@@ -30,24 +30,38 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
+def stream_seeds(generator: torch.Generator | None, num_samples: int, first: int = 0) -> torch.Tensor:
+    """The stream seeds of samples ``first`` .. ``first + num_samples - 1`` of a run drawn with ``generator``.  -> int64 [N]
+
+    Sample i's seed is splitmix64(base + i * gamma), ``base`` one number drawn from the generator.
+    A server batching requests concatenates each request's seeds (from its own generator), so
+    every row draws exactly the numbers it would draw alone.
+    """
+    base = torch.randint(0, 2**62, (1,), generator=generator)
+    return splitmix64(base + torch.arange(first, first + num_samples) * GOLDEN_GAMMA)
+
+
+def row_seeds(seeds: Sequence[int]) -> torch.Tensor:
+    """The stream seeds of rows with one seed each: row i gets what it gets as the only sample of a
+    run seeded with ``seeds[i]``, whatever the rest of the batch.  -> int64 [len(seeds)]"""
+    return torch.cat([stream_seeds(torch.Generator().manual_seed(s), 1) for s in seeds])
+
+
 class SampleStreams:
     """Counter-based random numbers with one stream per sample.
 
     Draw k of sample i is splitmix64(seed_i + (k + 1) * gamma): vectorised over the batch, and a
     sample's numbers depend only on its seed and index, never on the rest of the batch.
-    ``generator`` may be one generator per sample: sample i then has the stream it has as the
-    only sample of a batch seeded by its own generator (requests batched together, each with its
-    own seed, draw what they draw alone).
+    ``seeds`` [N] (from :func:`stream_seeds`) gives every row its own stream seed instead of
+    drawing them from ``generator``.
     """
 
-    def __init__(self, num_samples: int, generator: torch.Generator | Sequence[torch.Generator] | None, device=None):
-        if isinstance(generator, Sequence):
-            if len(generator) != num_samples:
-                raise MaskdiffError(f"{len(generator)} generators for {num_samples} samples: give one per sample")
-            base = torch.cat([torch.randint(0, 2**62, (1,), generator=g) for g in generator])  # [N], each at index 0
-        else:
-            base = torch.randint(0, 2**62, (1,), generator=generator) + torch.arange(num_samples) * GOLDEN_GAMMA
-        self.seeds = splitmix64(base).to(device)  # [N]
+    def __init__(self, num_samples: int, generator: torch.Generator | None, device=None, seeds: torch.Tensor | None = None):
+        if seeds is None:
+            seeds = stream_seeds(generator, num_samples)
+        elif tuple(seeds.shape) != (num_samples,):
+            raise MaskdiffError(f"seeds has shape {tuple(seeds.shape)}, expected ({num_samples},)")
+        self.seeds = seeds.to(device=device, dtype=torch.long)  # [N]
         self.offset = 0
 
     def uniform(self, count: int) -> torch.Tensor:

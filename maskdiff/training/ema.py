@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 class EMA:
@@ -23,7 +24,8 @@ class EMA:
     @staticmethod
     def _tensors(module: torch.nn.Module) -> list[torch.Tensor]:
         tensors = list(module.parameters()) + list(module.buffers())
-        return [t.detach() for t in tensors if t.is_floating_point()]
+        # FSDP-sharded weights: this process's shard (the EMA is sharded like the model)
+        return [(t.to_local() if isinstance(t, DTensor) else t).detach() for t in tensors if t.is_floating_point()]
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:

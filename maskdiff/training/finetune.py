@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from maskdiff.checkpoint import checkpoint_step, resolve_checkpoint
+from maskdiff.checkpoint import checkpoint_step, has_weights, resolve_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data.pairs import read_pairs, split_files
 from maskdiff.errors import MaskdiffError
@@ -87,16 +87,14 @@ def finetune(
             f"vocabulary (its {tokenizer.vocab_size} characters are fixed){hint}"
         )
     cfg = finetune_config(source, data, eos, overrides)
-    file = source_checkpoint / ("ema.safetensors" if weights == "ema" else "model.safetensors")
-    if not file.is_file():
-        file = source_checkpoint / "model.safetensors"  # a run without EMA
+    which = "ema" if weights == "ema" and has_weights(source_checkpoint, "ema") else "model"  # a run without EMA: its raw weights
     record = {
         "source_run": str(source_run),
         "source_checkpoint": str(source_checkpoint),
         "source_step": checkpoint_step(source_checkpoint),
-        "weights": file.name,
+        "weights": f"{which}.safetensors",
         "data": str(data),
         "eos": eos,
     }
     out = Path(run_dir) if run_dir is not None else default_run_dir(source_run)
-    return train(cfg, out, progress=progress, start_from=StartFrom(file, tokenizer, record))
+    return train(cfg, out, progress=progress, start_from=StartFrom(source_checkpoint, which, tokenizer, record))

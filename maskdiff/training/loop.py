@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from maskdiff import distributed
@@ -33,6 +32,7 @@ from maskdiff.metrics import MetricsLog
 from maskdiff.plots import plot_loss
 from maskdiff.tokenizer import Tokenizer, load_tokenizer
 from maskdiff.training.interrupt import StopRequest
+from maskdiff.training.parallel import training_module
 from maskdiff.training.state import TrainState
 from maskdiff.training.step import StepOutcome, train_step
 
@@ -57,7 +57,8 @@ class StartFrom:
     """Where a new run starts instead of from scratch (fine-tuning, :mod:`maskdiff.training.finetune`):
     another run's weights and the vocabulary they were trained with."""
 
-    weights: Path  # a model.safetensors or ema.safetensors file whose network fits the config
+    checkpoint: Path  # a checkpoint folder of a run whose network fits the config
+    weights: str  # which of its weights: "ema" or "model"
     tokenizer: Tokenizer  # the vocabulary of those weights (the embedding fits only it)
     record: dict = field(default_factory=dict)  # what the run folder records about the start, RUN/finetune.json
 
@@ -163,8 +164,9 @@ class Window:
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, start_from: StartFrom | None = None) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
 
-    Under ``torchrun`` every process trains on its own random crops with DistributedDataParallel;
-    rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a checkpoint of the
+    Under ``torchrun`` every process trains on its own rows of each batch, with
+    DistributedDataParallel or FSDP2 (``train.parallel``), and evaluation is split across the
+    processes; rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a checkpoint of the
     current step (``TrainResult.stopped_by``). ``start_from`` (a new run only; fine-tuning)
     starts the model and its EMA from another run's weights, with that run's vocabulary; a
     resumed run continues from its own checkpoint whatever it started from.
@@ -188,17 +190,20 @@ def _train(
     check_run_dir(run_dir, resume)
     saved = check_resume_config(run_dir, cfg) if resume else None
     given_tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else start_from.tokenizer if start_from else None
+    accum = tc.accumulation(ctx.world_size)
     tokenizer, splits = prepare_data(cfg.data, given_tokenizer)
-    state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx.rank)
+    state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx)
     if start_from is not None:
-        state.start_from(start_from.weights)
+        state.start_from(start_from.checkpoint, start_from.weights)
     if progress:
         tqdm.write(
-            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.train.numel():,} training tokens, "
+            f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.num_tokens('train'):,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
-            + (f" | {ctx.world_size} processes" if ctx.active else "")
-            + (f" | starting from {start_from.weights}" if start_from is not None else "")
+            + (f" | {ctx.world_size} processes ({tc.parallel})" if ctx.active else "")
+            + f" | {tc.batch_size * accum * ctx.world_size} sequences per step"
+            + (f" ({accum} micro-batches)" if accum > 1 else "")
+            + (f" | starting from {start_from.checkpoint} ({start_from.weights} weights)" if start_from is not None else "")
         )
     checkpoint = None
     if resume:
@@ -208,22 +213,24 @@ def _train(
             raise MaskdiffError(f"the run already finished {state.step} of train.steps={tc.steps}; raise train.steps to go on")
     write_run_files(run_dir, cfg, tokenizer, resume, ctx, start_from)
 
-    trained = DistributedDataParallel(state.model) if ctx.active else state.model
+    trained = training_module(state.model, ddp=ctx.active)
     valid, valid_masks = evaluation_sequences(splits, "valid", cfg.data.seq_len)  # masks: the responses of prompt/response pairs
 
     def evaluate(count: int | None = None, show: bool = False) -> EvalResult:
         masks = None if valid_masks is None else valid_masks[:count]
-        return evaluate_nelbo(state.eval_model, valid[:count], tc.batch_size, seed=tc.seed + 3, precision=precision, progress=show, loss_masks=masks)
+        # batches of the whole micro-batch (each on one process), so the bound does not depend on the process count
+        batch = tc.batch_size * ctx.world_size
+        return evaluate_nelbo(state.eval_model, valid[:count], batch, seed=tc.seed + 3, precision=precision, progress=show, loss_masks=masks, ctx=ctx)
 
     log = MetricsLog(run_dir, resume_step=state.step) if ctx.is_main else None
-    window = Window(tc.batch_size * tc.grad_accum * cfg.data.seq_len * ctx.world_size, device)
+    window = Window(tc.batch_size * accum * cfg.data.seq_len * ctx.world_size, device)
     last_bits, bad_in_a_row = float("nan"), 0
     stop = StopRequest()
     try:
         # the loop: one optimizer step, then log, evaluate, checkpoint and stop when due
         with stop, tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True) as bar:
             while state.step < tc.steps:
-                micro_batches = [next(state.batches) for _ in range(tc.grad_accum)]
+                micro_batches = [next(state.batches) for _ in range(accum)]
                 outcome = train_step(state, micro_batches, grad_clip=tc.grad_clip, precision=precision, ctx=ctx, model=trained)
                 window.add(outcome)
                 # a non-finite loss or gradient skipped the update; too many in a row stop the run

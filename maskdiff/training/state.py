@@ -11,9 +11,14 @@ it). It is the one thing the trainer saves and restores::
                                                "data", "noise_generator", "torch_rng",
                                                "ema_updates", "skipped_steps"
 
-Under ``torchrun`` every process has its own batch stream, noise generator and torch RNG;
-state.pt holds one of each per process, in rank order, so a resume needs the same number of
-processes. Checkpoints saved before "skipped_steps" existed resume with a count of 0.
+With ``train.parallel=fsdp`` the weights of both and the optimizer state are written sharded,
+with torch.distributed.checkpoint (maskdiff/checkpoint.py), and state.pt holds the rest.
+
+Under ``torchrun`` every process draws the same batches and noise (each computes the loss of its
+own rows, :class:`maskdiff.objectives.BatchShard`), so a run's numbers do not depend on how
+many processes share it; state.pt holds each process's batch stream, noise generator and torch
+RNG (dropout) in rank order, and a resume needs the same number of processes.
+Checkpoints saved before "skipped_steps" existed resume with a count of 0.
 """
 
 from __future__ import annotations
@@ -22,16 +27,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict
 
 from maskdiff import distributed
-from maskdiff.checkpoint import CHECKPOINTS, checkpoint_name, load_state, load_weights, save_checkpoint
+from maskdiff.checkpoint import (
+    CHECKPOINTS,
+    checkpoint_name,
+    is_sharded_checkpoint,
+    load_checkpoint_weights,
+    load_sharded,
+    load_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from maskdiff.config import RunConfig
 from maskdiff.data import BatchStream, Splits, training_batches
 from maskdiff.errors import MaskdiffError
+from maskdiff.hardware import resolve_precision
 from maskdiff.models import build_model
 from maskdiff.objectives import Objective
 from maskdiff.training.ema import EMA
 from maskdiff.training.optim import lr_schedule, make_optimizer, make_scheduler
+from maskdiff.training.parallel import checkpoint_activations, shard
 
 
 @dataclass
@@ -52,30 +69,40 @@ class TrainState:
     ema: EMA | None = None
     step: int = 0  # optimizer steps taken, skipped ones included
     skipped_steps: int = 0  # steps whose loss or gradient was not finite (no update)
+    sharded: bool = False  # checkpoints written with torch.distributed.checkpoint (train.parallel=fsdp)
 
     @classmethod
-    def create(cls, cfg: RunConfig, vocab_size: int, splits: Splits, device: torch.device, rank: int = 0) -> TrainState:
-        """A fresh state for ``cfg``: every part built from ``cfg.train.seed`` (plus the process ``rank``).
+    def create(cls, cfg: RunConfig, vocab_size: int, splits: Splits, device: torch.device, ctx: distributed.Context | None = None) -> TrainState:
+        """A fresh state for ``cfg``: every part built from ``cfg.train.seed``.
 
         The model is initialised from the seed itself; the batch stream and the noise generator
-        are seeded ``seed + 1 + 1000 * rank`` and ``seed + 2 + 1000 * rank``, so each process of
-        a ``torchrun`` job draws its own crops and masks.
+        are seeded ``seed + 1`` and ``seed + 2``. Under ``torchrun`` (``ctx``) each batch holds
+        ``batch_size`` sequences per process (every process draws all of them and trains on its
+        own rows), and with ``train.parallel=fsdp`` the model and its EMA are sharded
+        (:mod:`maskdiff.training.parallel`) before the optimizer is built on the shards.
         """
-        tc = cfg.train
+        tc, ctx = cfg.train, ctx or distributed.Context()
         model = build_model(cfg, vocab_size, seed=tc.seed).to(device)
+        ema = EMA(model, tc.ema_decay) if tc.ema_decay else None
+        if tc.activation_checkpointing:
+            checkpoint_activations(model)
+        if tc.parallel == "fsdp" and ctx.active:
+            precision = resolve_precision(tc.precision, device)
+            for module in (model, *([ema.module] if ema is not None else [])):
+                shard(module, precision)
         optimizer = make_optimizer(model, tc)
         scheduler = make_scheduler(optimizer, tc)
-        ema = EMA(model, tc.ema_decay) if tc.ema_decay else None
-        batches = training_batches(splits, cfg, tc.batch_size, seed=tc.seed + 1 + 1000 * rank)
-        noise = torch.Generator(device=device).manual_seed(tc.seed + 2 + 1000 * rank)
+        batches = training_batches(splits, cfg, tc.batch_size * ctx.world_size, seed=tc.seed + 1)
+        noise = torch.Generator(device=device).manual_seed(tc.seed + 2)
         model.train()
-        return cls(model, optimizer, scheduler, batches, noise, device, ema)
+        return cls(model, optimizer, scheduler, batches, noise, device, ema, sharded=tc.parallel == "fsdp")
 
-    def start_from(self, weights: str | Path) -> None:
-        """Load another run's weights (a safetensors file) into the model and its EMA: the start of a fine-tuning run."""
-        load_weights(self.model, Path(weights))
+    def start_from(self, checkpoint: str | Path, which: str) -> None:
+        """Load another run's ``which`` ("model" or "ema") weights from one of its checkpoints into the
+        model and its EMA: the start of a fine-tuning run."""
+        load_checkpoint_weights(self.model, Path(checkpoint), which)
         if self.ema is not None:
-            load_weights(self.ema.module, Path(weights))
+            load_checkpoint_weights(self.ema.module, Path(checkpoint), which)
 
     @property
     def eval_model(self) -> Objective:
@@ -90,7 +117,8 @@ class TrainState:
         """
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            # sharded: keyed by parameter names, so that it loads on any number of processes
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer) if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "data": distributed.gather(self.batches.state_dict(), ctx),
             "noise_generator": distributed.gather(self.noise.get_state(), ctx),
@@ -99,6 +127,14 @@ class TrainState:
             "skipped_steps": self.skipped_steps,
         }
 
+    def sharded_tensors(self, optimizer: dict | None = None) -> dict:
+        """What a sharded checkpoint's dcp/ folder holds: the state dicts of the model, the EMA and
+        the optimizer (``optimizer``, or this state's own), keyed by parameter names."""
+        tensors = {"model": get_model_state_dict(self.model), "optimizer": optimizer or get_optimizer_state_dict(self.model, self.optimizer)}
+        if self.ema is not None:
+            tensors["ema"] = get_model_state_dict(self.ema.module)
+        return tensors
+
     def save(self, run_dir: str | Path, ctx: distributed.Context, keep: int) -> Path:
         """Write checkpoint ``step`` of ``run_dir`` atomically and keep only the newest ``keep``.
 
@@ -106,6 +142,8 @@ class TrainState:
         the others wait until it has. Returns the checkpoint folder (on every process).
         """
         state = self.checkpoint_state(ctx)
+        if self.sharded:
+            return save_sharded_checkpoint(Path(run_dir), self.step, self.sharded_tensors(state.pop("optimizer")), state, keep, ctx)
         checkpoint = Path(run_dir) / CHECKPOINTS / checkpoint_name(self.step)
         if ctx.is_main:
             ema = self.ema.module if self.ema is not None else None
@@ -127,20 +165,34 @@ class TrainState:
         saved_world = len(state["data"])
         if saved_world != ctx.world_size:
             raise MaskdiffError(f"the run was trained with {saved_world} process(es); resume it with the same number, not {ctx.world_size}")
-        load_weights(self.model, checkpoint / "model.safetensors")
+        if is_sharded_checkpoint(checkpoint):
+            tensors = self.sharded_tensors()
+            load_sharded(checkpoint, tensors)
+            self.load_sharded_tensors(tensors)
+        else:
+            load_checkpoint_weights(self.model, checkpoint, "model")
+            if self.ema is not None:
+                load_checkpoint_weights(self.ema.module, checkpoint, "ema")
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
-            load_weights(self.ema.module, checkpoint / "ema.safetensors")
             self.ema.updates = state["ema_updates"]
-        self.optimizer.load_state_dict(state["optimizer"])
         schedule = lr_schedule(self.scheduler)
         wanted_total = schedule.total
         self.scheduler.load_state_dict(state["scheduler"])  # restores the schedule's plan too
         if state["scheduler"].get("lr_lambdas", [None])[0] is None and previous_steps is not None:
             schedule.total = previous_steps  # a checkpoint from before schedules were saved
-        self.batches.load_state_dict(state["data"][ctx.rank])
-        self.noise.set_state(state["noise_generator"][ctx.rank])
+        # every process draws the same batches and noise (rank 0's); a checkpoint from before that held one stream each
+        self.batches.load_state_dict(state["data"][0])
+        self.noise.set_state(state["noise_generator"][0])
         torch.set_rng_state(state["torch_rng"][ctx.rank])
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
         if schedule.total != wanted_total:
             schedule.replan(self.step, wanted_total)
+
+    def load_sharded_tensors(self, tensors: dict) -> None:
+        """Set the model, EMA and optimizer from state dicts filled by :func:`maskdiff.checkpoint.load_sharded`."""
+        set_model_state_dict(self.model, tensors["model"])
+        if self.ema is not None:
+            set_model_state_dict(self.ema.module, tensors["ema"])
+        set_optimizer_state_dict(self.model, self.optimizer, tensors["optimizer"])

@@ -8,17 +8,18 @@ mean per scored token. The trainer loop and the throughput benchmark both run :f
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.tensor import DTensor
 
 from maskdiff import distributed
 from maskdiff.data import split_batch
 from maskdiff.hardware import autocast
+from maskdiff.objectives import BatchShard
+from maskdiff.training.parallel import gradient_sync
 from maskdiff.training.state import TrainState
 
 Mark = Callable[[str], contextlib.AbstractContextManager[Any]]
@@ -55,9 +56,14 @@ def train_step(
     generator=state.noise, labels=..., loss_mask=...)`` averaged over the batch and divided by L
     (nats per token), or with a loss mask summed and divided by the number of scored tokens,
     under bf16 autocast when ``precision`` is ``torch.bfloat16``. ``model`` is
-    the module that computes the loss: ``state.model`` (the default) or a DistributedDataParallel
-    wrapper of it, which then averages the gradients once, on the last micro-batch. ``ctx`` is
-    this process's place in a ``torchrun`` job (None: a single process).
+    the module that computes the loss: ``state.model`` (the default, also when FSDP-sharded) or a
+    DistributedDataParallel wrapper of it; gradients are reduced across processes once, on the
+    last micro-batch. ``ctx`` is this process's place in a ``torchrun`` job (None: a single process).
+
+    Under ``torchrun`` every process gets the whole micro-batch (all processes' rows) and computes
+    the loss of its own rows, with the noise drawn for all of them (:class:`BatchShard`); its loss
+    is scaled so that the average over processes is the loss of the whole batch. So losses and
+    gradients equal those of one process with the whole batch, up to rounding.
 
     The gradients are clipped to norm ``grad_clip`` (0: not clipped). When the loss (averaged over
     the processes of ``ctx``) or the gradient norm is not finite, the update is skipped and
@@ -67,6 +73,7 @@ def train_step(
     ``mark(name)`` wraps each phase ("forward+loss", "backward", "clip_grad", "optimizer", "ema")
     in a context manager, for timers or ``torch.profiler.record_function``.
     """
+    ctx = ctx or distributed.Context()
     trained = state.model if model is None else model
     device, accum = state.device, len(micro_batches)
     step_loss = torch.zeros((), device=device)
@@ -74,27 +81,36 @@ def train_step(
         # class-conditional image batches come with labels, which go to the denoiser, and
         # prompt/response pairs with the loss mask of their responses
         x0, conditioning = split_batch(batch)
+        scored = conditioning.get("loss_mask")
+        # per-token normaliser of the whole micro-batch, so the processes' losses average to its loss
+        tokens = x0.numel() if scored is None else scored.sum().clamp_min(1).item()
+        shard = None
+        if ctx.active:
+            rows = x0.shape[0] // ctx.world_size
+            shard = BatchShard(ctx.rank * rows, (ctx.rank + 1) * rows, x0.shape[0])
+            x0, conditioning = x0[shard.rows], {key: value[shard.rows] for key, value in conditioning.items()}
         x0 = x0.to(device, non_blocking=True)
-        extra = {key: value.to(device, non_blocking=True) for key, value in conditioning.items()}
-        scored = extra.get("loss_mask")
-        # DDP averages gradients once per optimizer step, on the last micro-batch
-        sync: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if isinstance(trained, DistributedDataParallel) and i < accum - 1:
-            sync = trained.no_sync()
-        with sync:
+        extra: dict[str, Any] = {key: value.to(device, non_blocking=True) for key, value in conditioning.items()}
+        if shard is not None:
+            extra["shard"] = shard
+        with gradient_sync(trained, i == accum - 1):
             with mark("forward+loss"), autocast(device, precision):
                 per_sequence = trained(x0, generator=state.noise, **extra)
-                # nats per scored token
-                loss = per_sequence.mean() / x0.shape[-1] if scored is None else per_sequence.sum() / scored.sum().clamp_min(1)
+                loss = per_sequence.sum() * (ctx.world_size / tokens)  # nats per scored token
             with mark("backward"):
                 (loss / accum).backward()
         step_loss += loss.detach() / accum
 
     with mark("clip_grad"):
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+        parameters = list(state.model.parameters())
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every process's shards
+            grad_norm = grad_norm.full_tensor()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(parameters, grad_clip, grad_norm)
         # the same decision on every process: the gradients (and so their norm) were averaged,
         # and the loss is averaged here
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(distributed.mean(step_loss, ctx or distributed.Context())))
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(distributed.mean(step_loss, ctx)))
     if finite:
         with mark("optimizer"):
             state.optimizer.step()

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``maskdiff bench``: ``train.py`` (training throughput and model FLOPs utilisation)."""
