@@ -180,11 +180,11 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 }
 
 
-def parameter_count(cfg: RunConfig) -> int:
-    """Parameters of a config's network without its input embedding (as training reports them),
-    counted on the meta device (nothing is allocated); text models with the built-in corpus's
-    characters, image models with 256 intensities."""
-    vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
+def parameter_count(cfg: RunConfig, vocab_size: int | None = None) -> int:
+    """Parameters of a config's network without its input embedding (as training reports them, and
+    as scaling laws count N), counted on the meta device (nothing is allocated); ``vocab_size``
+    defaults to the built-in corpus's characters for text models and 256 intensities for images."""
+    vocab = vocab_size if vocab_size is not None else 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
     with torch.device("meta"):
         return build_model(cfg, vocab).num_parameters()
 
