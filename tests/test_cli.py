@@ -91,7 +91,7 @@ def subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_all_here():
-    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets"}
+    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets", "scaling", "bench"}
 
 
 @pytest.mark.parametrize("command", subcommands())

@@ -6,9 +6,9 @@ from maskdiff.presets import get_preset
 from maskdiff.training import train
 
 
-def train_tiny(run_dir: Path, corpus: Path, steps: int = 6) -> Path:
-    """Train a one-layer model for ``steps`` steps on ``corpus``; returns the run folder."""
-    cfg = get_preset("tiny").with_overrides(
+def train_tiny(run_dir: Path, corpus: Path, steps: int = 6, preset: str = "tiny") -> Path:
+    """Train a one-layer model of ``preset`` (tiny, ar-tiny, ...) for ``steps`` steps on ``corpus``; returns the run folder."""
+    cfg = get_preset(preset).with_overrides(
         [
             f"data.path={corpus}",
             "data.seq_len=32",

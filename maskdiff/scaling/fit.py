@@ -122,9 +122,14 @@ def fit_parabola(budget: float, points: list[Point]) -> Parabola:
     x = np.log([p.params for p in points])
     y = np.array([p.loss for p in points])
     a, b, c = (float(v) for v in np.polyfit(x, y, 2))
-    if not a > 0:
-        raise MaskdiffError(f"the losses at budget {budget:.3g} ({points[0].family}) do not curve upwards around a minimum (no IsoFLOP valley); add sizes")
-    x_opt = -b / (2 * a)
+    span = x.max() - x.min()
+    x_opt = -b / (2 * a) if a > 0 else math.inf
+    # a minimum farther out than the sizes' own span is no valley, just a slope (or rounding noise on one)
+    if not x.min() - span <= x_opt <= x.max() + span:
+        raise MaskdiffError(
+            f"the losses at budget {budget:.3g} ({points[0].family}) do not curve upwards around a minimum (no IsoFLOP valley); "
+            "add sizes on the side where the loss still falls"
+        )
     n_opt = math.exp(x_opt)
     return Parabola(
         budget, (a, b, c), n_opt, a * x_opt**2 + b * x_opt + c, budget / (6 * n_opt), bool(x.min() <= x_opt <= x.max()), sorted(points, key=lambda p: p.params)
