@@ -427,7 +427,8 @@ def cmd_bench_generate(args) -> int:
     info = bench.info
     print(
         f"{info['num_prompts']} validation prompts of {info['prompt_length']} tokens, {info['length']} tokens generated each; "
-        f"{info['device']} {info['precision']}, {info['threads']} threads, judge {info['judge'] or 'none (--judge smollm2 for generative perplexity)'}"
+        f"{info['device']} {info['precision']}, {info['threads']} threads, "
+        f"judge {info['judge'] or 'none (--judge smollm2 for generative perplexity)'}"
     )
     print((out / "table.md").read_text(encoding="utf-8").rstrip())
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
@@ -675,7 +676,9 @@ def build_parser() -> Parser:
     p.add_argument("plan", metavar="PLAN", help="a plan file written by `maskdiff scaling plan`")
     p.add_argument("--root", metavar="DIR", help="folder of the run folders (default: next to PLAN, named after it)")
     p.add_argument("--print", action="store_true", help="print the runs as shell commands, one per line, instead of training")
-    p.add_argument("--launcher", choices=("maskdiff", "torchrun"), default="maskdiff", help="--print: plain `maskdiff train` or `torchrun ... -m maskdiff train`")
+    p.add_argument(
+        "--launcher", choices=("maskdiff", "torchrun"), default="maskdiff", help="--print: plain `maskdiff train` or `torchrun ... -m maskdiff train`"
+    )
     p.add_argument("--only", action="append", metavar="NAME", help="only this run of the plan (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads(p)
@@ -696,7 +699,11 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.set_defaults(handler=cmd_scaling_fit)
 
-    p = sub.add_parser("bench", help="benchmarks: generation speed against quality", description="Benchmarks that print their figures and write them as JSON and PNG.")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: generation speed against quality",
+        description="Benchmarks that print their figures and write them as JSON and PNG.",
+    )
     bench = p.add_subparsers(dest="bench_command", required=True, parser_class=Parser, metavar="BENCHMARK")
     p = bench.add_parser(
         "generate",
@@ -715,9 +722,18 @@ def build_parser() -> Parser:
     p.add_argument("--prompt-length", type=int, default=32, metavar="P", help="prompt tokens (default 32)")
     p.add_argument("--length", type=int, metavar="L", help="tokens to generate after each prompt (default: the MDM's sequence length minus P)")
     p.add_argument("--steps", default="16,64,256", metavar="S,S,...", help="MDM sampler steps (default 16,64,256)")
-    p.add_argument("--rules", default="ancestral,low_confidence", metavar="RULE,...", help=f"MDM sampler rules (default ancestral,low_confidence; any of {', '.join(RULES.names())})")
+    p.add_argument(
+        "--rules",
+        default="ancestral,low_confidence",
+        metavar="RULE,...",
+        help=f"MDM sampler rules (default ancestral,low_confidence; any of {', '.join(RULES.names())})",
+    )
     p.add_argument("--cfg", default="0,1", metavar="W,W,...", help="MDM guidance weights; 0 is without guidance (default 0,1)")
-    p.add_argument("--judge", metavar="PATH_OR_ID", help="causal LM for generative perplexity: a model folder, a .gguf file, a hub id or 'smollm2' (needs maskdiff[judge]); default none")
+    p.add_argument(
+        "--judge",
+        metavar="PATH_OR_ID",
+        help="causal LM for generative perplexity: a model folder, a .gguf file, a hub id or 'smollm2' (needs maskdiff[judge]); default none",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
     p.add_argument("--json", metavar="FILE", help="write the JSON here (default OUT/generate.json)")

@@ -212,7 +212,10 @@ def samples_markdown(bench: GenerationBench, shown: int = 3) -> str:
     """The first prompts with the reference, the ARM's and every MDM setting's continuation at the most steps."""
     most = max((s.steps or 0) for s in bench.settings if s.model == "mdm")
     picks = [s for s in bench.settings if s.model != "mdm" or s.steps == most]
-    parts = [f"# Samples\n\nContinuations of the first {min(shown, len(bench.prompts))} prompts; MDM settings at {most} steps, with and without guidance.\n"]
+    parts = [
+        f"# Samples\n\nContinuations of the first {min(shown, len(bench.prompts))} prompts; "
+        f"MDM settings at {most} steps, with and without guidance.\n"
+    ]
     for i, prompt in enumerate(bench.prompts[:shown]):
         parts.append(f"## Prompt {i + 1}\n\n```\n{prompt}\n```\n")
         for s in picks:
@@ -229,7 +232,9 @@ def plot_tradeoff(bench: GenerationBench, out_png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     judged = bench.settings[0].quality.gen_perplexity is not None
-    metrics = ([("gen_perplexity", "generative perplexity (judge)", True)] if judged else []) + [("unigram_entropy", "unigram entropy (bits/word)", False)]
+    metrics = ([("gen_perplexity", "generative perplexity (judge)", True)] if judged else []) + [
+        ("unigram_entropy", "unigram entropy (bits/word)", False)
+    ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.6), dpi=120, squeeze=False)
     curves: dict[str, list[Setting]] = {}
     for s in bench.settings:
@@ -247,7 +252,9 @@ def plot_tradeoff(bench: GenerationBench, out_png: Path) -> Path:
         ax.set(xscale="log", yscale="log" if log_y else "linear", xlabel=f"wall time for {len(bench.prompts)} samples (s)", ylabel=label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    axes[0][0].set_title(f"quality against time ({bench.info['length']} tokens after a {bench.info['prompt_length']}-token prompt; labels: MDM steps)")
+    axes[0][0].set_title(
+        f"quality against time ({bench.info['length']} tokens after a {bench.info['prompt_length']}-token prompt; labels: MDM steps)"
+    )
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

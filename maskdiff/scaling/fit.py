@@ -117,7 +117,8 @@ def fit_parabola(budget: float, points: list[Point]) -> Parabola:
     sizes = sorted({p.params for p in points})
     if len(sizes) < 3:
         raise MaskdiffError(
-            f"budget {budget:.3g} ({points[0].family}) has runs of {len(sizes)} size(s); a parabola needs at least 3 (finish more runs of that budget)"
+            f"budget {budget:.3g} ({points[0].family}) has runs of {len(sizes)} size(s); "
+            "a parabola needs at least 3 (finish more runs of that budget)"
         )
     x = np.log([p.params for p in points])
     y = np.array([p.loss for p in points])
@@ -132,7 +133,13 @@ def fit_parabola(budget: float, points: list[Point]) -> Parabola:
         )
     n_opt = math.exp(x_opt)
     return Parabola(
-        budget, (a, b, c), n_opt, a * x_opt**2 + b * x_opt + c, budget / (6 * n_opt), bool(x.min() <= x_opt <= x.max()), sorted(points, key=lambda p: p.params)
+        budget,
+        (a, b, c),
+        n_opt,
+        a * x_opt**2 + b * x_opt + c,
+        budget / (6 * n_opt),
+        bool(x.min() <= x_opt <= x.max()),
+        sorted(points, key=lambda p: p.params),
     )
 
 
@@ -321,13 +328,16 @@ def summary_lines(study: StudyFit) -> list[str]:
         for p in fit.parabolas:
             where = "" if p.inside else "  (outside the sizes trained)"
             lines.append(
-                f"  C={budget_label(p.budget):>7s}: N*={p.n_opt:>12,.0f}  D*={p.tokens_opt:>14,.0f}  L*={p.loss_opt:.4f} bits/token  ({len(p.points)} runs){where}"
+                f"  C={budget_label(p.budget):>7s}: N*={p.n_opt:>12,.0f}  D*={p.tokens_opt:>14,.0f}  "
+                f"L*={p.loss_opt:.4f} bits/token  ({len(p.points)} runs){where}"
             )
         for label, law in (("N*(C)", fit.n_opt), ("L*(C)", fit.loss_opt)):
             if law is None:
                 lines.append(f"  {label}: needs 2 or more budgets")
                 continue
-            errors = [f"± {e:.2g} ({what})" for e, what in ((law.exponent_stderr, "least squares"), (law.exponent_bootstrap, "bootstrap")) if e is not None]
+            errors = [
+                f"± {e:.2g} ({what})" for e, what in ((law.exponent_stderr, "least squares"), (law.exponent_bootstrap, "bootstrap")) if e is not None
+            ]
             lines.append(f"  {label} = {law.k:.4g} C^{law.exponent:.4f}  {' '.join(errors)}")
     for m in study.compute_multiple:
         interval = "" if m["interval"] is None else f"  (16-84%: {m['interval'][0]:.3g} to {m['interval'][1]:.3g})"

@@ -39,8 +39,12 @@ def plot_study(study: StudyFit, out_png: Path) -> Path:
         if fit.n_opt is not None:
             sizes.plot(grid_c, fit.n_opt(grid_c), line, color="black" if name == "ar" else "tab:blue", label=f"N* ∝ C^{fit.n_opt.exponent:.3f}")
         if fit.loss_opt is not None:
-            losses.plot(grid_c, fit.loss_opt(grid_c), line, color="black" if name == "ar" else "tab:blue", label=f"L* ∝ C^{fit.loss_opt.exponent:.4f}")
-    curves.set(xscale="log", xlabel="N (non-embedding parameters)", ylabel="final validation loss (bits/token)", title="IsoFLOP curves (stars: minima)")
+            losses.plot(
+                grid_c, fit.loss_opt(grid_c), line, color="black" if name == "ar" else "tab:blue", label=f"L* ∝ C^{fit.loss_opt.exponent:.4f}"
+            )
+    curves.set(
+        xscale="log", xlabel="N (non-embedding parameters)", ylabel="final validation loss (bits/token)", title="IsoFLOP curves (stars: minima)"
+    )
     sizes.set(xscale="log", yscale="log", xlabel="C = 6 N D (FLOPs)", ylabel="N*", title="compute-optimal size")
     title = "compute-optimal loss"
     if study.compute_multiple:

@@ -152,9 +152,7 @@ def select(plan: Plan, only: list[str] | None) -> list[PlannedRun]:
     return [r for r in plan.runs if r.name in only]
 
 
-def run_commands(
-    plan: Plan, root: str | Path, launcher: str = "maskdiff", threads: int | None = None, only: list[str] | None = None
-) -> list[str]:
+def run_commands(plan: Plan, root: str | Path, launcher: str = "maskdiff", threads: int | None = None, only: list[str] | None = None) -> list[str]:
     """One shell command per run (``maskdiff train ... --resume auto``, or under ``torchrun`` with one
     process), each into its own folder under ``root``; writes each folder's ``scaling.json`` so the
     finished runs can be fitted wherever the commands ran."""
