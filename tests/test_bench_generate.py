@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import make_corpus
 from PIL import Image
 from tiny_run import train_tiny
 
+from maskdiff.bench.generate import benchmark_generation, write_outputs
 from maskdiff.cli import main
 from maskdiff.data import evaluation_sequences, prepare_data
 from maskdiff.generation.text import split_samples
@@ -103,3 +105,17 @@ def test_bench_generate_bad_input_is_one_line(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 1 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_generate_with_the_judge_scores_every_setting(runs, tmp_path):
+    mdm, ar, _ = runs
+    bench = benchmark_generation(mdm, ar, prompts=2, prompt_length=8, length=16, steps=[4], rules=["ancestral"], cfg=[0.0], judge="smollm2")
+    paths = write_outputs(bench, tmp_path / "out")
+    assert [s.model for s in bench.settings] == ["reference", "ar", "mdm"] and bench.info["judge"] == "smollm2"
+    for s in bench.settings:
+        q = s.quality
+        assert q.judge == "smollm2" and q.judge_tokens > 0 and q.gen_perplexity == pytest.approx(math.exp(q.gen_nll_per_token))
+    with Image.open(paths["png"]) as png:  # two panels: judge perplexity and entropy
+        assert png.size[0] > 1.5 * png.size[1]
+    assert "gen. perplexity" in paths["table"].read_text()
