@@ -282,3 +282,10 @@ def test_every_scaling_and_bench_step_has_help(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--help"])
         assert exit_info.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def test_no_compute_multiple_when_the_mdm_does_not_improve_with_compute():
+    flat = isoflop_points("mdm", 0.1, 0.5, 4.0, 0.01, noise=0.0, seed=0, budgets=[1e12, 1e13, 1e14])  # L* rises with C
+    study = fit_study(flat + isoflop_points("ar", 0.1, 0.5, 30.0, -0.05, noise=0.0, seed=0, budgets=[1e12, 1e13, 1e14]), draws=0)
+    assert [m["multiple"] for m in study.compute_multiple] == [None] * 3
+    assert any("does not fall with compute" in note for note in study.notes)

@@ -20,6 +20,7 @@ with fewer than 3 sizes, each in one line.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -227,8 +228,9 @@ def fit_study(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, 
     mdm, ar = families.get("mdm"), families.get("ar")
     if mdm is not None and ar is not None and mdm.loss_opt is not None and ar.loss_opt is not None:
         budgets = sorted({p.budget for p in points})
-        multiples = compute_multiple(mdm.loss_opt, ar.loss_opt, budgets)
-        spread = _multiple_spread(boots.get("mdm"), boots.get("ar"), budgets)
+        falls = mdm.loss_opt.exponent < 0  # else no amount of compute reaches a lower loss
+        multiples = compute_multiple(mdm.loss_opt, ar.loss_opt, budgets) if falls else np.full(len(budgets), np.nan)
+        spread = _multiple_spread(boots.get("mdm"), boots.get("ar"), budgets) if falls else None
         for i, budget in enumerate(budgets):
             value = float(multiples[i])
             study.compute_multiple.append(
@@ -239,7 +241,7 @@ def fit_study(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, 
                     "interval": None if spread is None else spread[i],
                 }
             )
-        if mdm.loss_opt.exponent >= 0:
+        if not falls:
             study.notes.append("the MDM's fitted L*(C) does not fall with compute, so no compute multiple is meaningful")
     return study
 
@@ -277,8 +279,6 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 def read_point(run_dir: Path) -> tuple[Point, dict]:
     """A finished run's point and its recorded corpus identity; an unfinished run is an error."""
-    import json
-
     record = json.loads((run_dir / RECORD).read_text(encoding="utf-8"))
     cfg = RunConfig.load(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
     latest = latest_checkpoint(run_dir)
