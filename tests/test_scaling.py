@@ -82,9 +82,13 @@ def test_fit_refuses_too_few_sizes_and_curves_without_a_valley():
     two_sizes = [p for p in points if p.budget == 1e12][:2] + [p for p in points if p.budget == 1e13]
     with pytest.raises(MaskdiffError, match=r"budget 1e\+12 \(mdm\) has runs of 2 size\(s\); a parabola needs at least 3"):
         fit_study(two_sizes)
-    for curve in (lambda x: 5 - x, lambda x: 5 - x - 0.01 * x**2):  # straight (a ~ 0 from rounding) or bending down: no minimum
-        with pytest.raises(MaskdiffError, match="do not curve upwards"):
-            fit_study([Point("mdm", 1e12, n, curve(math.log(n))) for n in (1000, 2000, 4000, 8000)])
+    # straight (a ~ 0 from rounding) or bending down: no minimum; the budget is kept, out of the power laws
+    for curve in (lambda x: 5 - x, lambda x: 5 - x - 0.01 * x**2):
+        falling = [Point("mdm", 1e12, n, curve(math.log(n))) for n in (1000, 2000, 4000, 8000)]
+        study = fit_study(falling + [p for p in points if p.budget == 1e13])
+        parabola = study.families["mdm"].parabolas[0]
+        assert parabola.n_opt is None and "do not curve upwards" in parabola.problem and "add larger sizes" in parabola.problem
+        assert study.families["mdm"].n_opt is None and any("left out of the power laws" in note for note in study.notes)
     single = fit_study([p for p in points if p.budget == 1e12])  # one budget: the parabola, no power law
     assert single.families["mdm"].n_opt is None and len(single.families["mdm"].parabolas) == 1
 

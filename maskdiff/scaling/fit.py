@@ -59,11 +59,12 @@ class Parabola:
 
     budget: float
     coefficients: tuple[float, float, float]  # a, b, c
-    n_opt: float
-    loss_opt: float
-    tokens_opt: float
+    n_opt: float | None  # None: no minimum near the sizes trained (no valley; see ``problem``)
+    loss_opt: float | None
+    tokens_opt: float | None
     inside: bool  # the minimum lies within the sizes trained
     points: list[Point]
+    problem: str | None = None  # why there is no minimum
 
     def loss(self, params) -> np.ndarray:
         return np.polyval(self.coefficients, np.log(params))
@@ -113,6 +114,10 @@ class StudyFit:
 
 
 # ------------------------------------------------------------------ fitting
+class NoValley(MaskdiffError):
+    """A budget's losses have no minimum near the sizes trained."""
+
+
 def fit_parabola(budget: float, points: list[Point]) -> Parabola:
     """The IsoFLOP parabola of one budget's points (3 or more distinct sizes)."""
     sizes = sorted({p.params for p in points})
@@ -128,9 +133,10 @@ def fit_parabola(budget: float, points: list[Point]) -> Parabola:
     x_opt = -b / (2 * a) if a > 0 else math.inf
     # a minimum farther out than the sizes' own span is no valley, just a slope (or rounding noise on one)
     if not x.min() - span <= x_opt <= x.max() + span:
-        raise MaskdiffError(
-            f"the losses at budget {budget:.3g} ({points[0].family}) do not curve upwards around a minimum (no IsoFLOP valley); "
-            "add sizes on the side where the loss still falls"
+        lowest = x[int(np.argmin(y))]
+        side = "smaller sizes" if lowest == x.min() else "larger sizes" if lowest == x.max() else "sizes around the lowest loss"
+        raise NoValley(
+            f"the losses at budget {budget:.3g} ({points[0].family}) do not curve upwards around a minimum (no IsoFLOP valley); add {side}"
         )
     n_opt = math.exp(x_opt)
     return Parabola(
@@ -157,8 +163,11 @@ def fit_line(log_c: np.ndarray, log_y: np.ndarray) -> tuple[float, float, float 
 
 
 def _laws(parabolas: list[Parabola]) -> tuple[tuple[float, float, float | None], tuple[float, float, float | None]]:
+    """The two power laws through the minima of ``parabolas`` (each with a minimum)."""
     log_c = np.log([p.budget for p in parabolas])
-    return fit_line(log_c, np.log([p.n_opt for p in parabolas])), fit_line(log_c, np.log([p.loss_opt for p in parabolas]))
+    log_n = np.log(np.array([p.n_opt for p in parabolas], dtype=float))
+    log_l = np.log(np.array([p.loss_opt for p in parabolas], dtype=float))
+    return fit_line(log_c, log_n), fit_line(log_c, log_l)
 
 
 def _bootstrap(by_budget: dict[float, list[Point]], draws: int, seed: int) -> np.ndarray:
@@ -193,11 +202,18 @@ def fit_family(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0)
     by_budget: dict[float, list[Point]] = defaultdict(list)
     for p in points:
         by_budget[p.budget].append(p)
-    parabolas = [fit_parabola(b, ps) for b, ps in sorted(by_budget.items())]
-    if len(parabolas) < 2:
+    parabolas = []
+    for budget, ps in sorted(by_budget.items()):
+        try:
+            parabolas.append(fit_parabola(budget, ps))
+        except NoValley as err:  # kept (its points are data) and left out of the power laws
+            a, b, c = (float(v) for v in np.polyfit(np.log([p.params for p in ps]), [p.loss for p in ps], 2))
+            parabolas.append(Parabola(budget, (a, b, c), None, None, None, False, sorted(ps, key=lambda p: p.params), str(err)))
+    valleys = [p for p in parabolas if p.n_opt is not None]
+    if len(valleys) < 2:
         return FamilyFit(points[0].family, parabolas, None, None), None
-    (kn, bn, sn), (kl, bl, sl) = _laws(parabolas)
-    boot = _bootstrap(by_budget, draws, seed) if draws else None
+    (kn, bn, sn), (kl, bl, sl) = _laws(valleys)
+    boot = _bootstrap({p.budget: by_budget[p.budget] for p in valleys}, draws, seed) if draws else None
     n_law = _power_law(kn, bn, sn, None if boot is None else boot[:, 1])
     l_law = _power_law(kl, bl, sl, None if boot is None else boot[:, 3])
     return FamilyFit(points[0].family, parabolas, n_law, l_law), boot
@@ -221,7 +237,9 @@ def fit_study(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, 
     study = StudyFit(families, data=data)
     for fit in families.values():
         for parabola in fit.parabolas:
-            if not parabola.inside:
+            if parabola.problem is not None:
+                study.notes.append(f"{parabola.problem}: left out of the power laws")
+            elif not parabola.inside:
                 study.notes.append(
                     f"{fit.family} at {parabola.budget:.3g}: the minimum N*={parabola.n_opt:,.0f} lies outside the sizes trained (extrapolated)"
                 )
@@ -326,6 +344,9 @@ def summary_lines(study: StudyFit) -> list[str]:
     for name, fit in study.families.items():
         lines.append(f"{name} ({FAMILY_NAMES.get(name, name)}):")
         for p in fit.parabolas:
+            if p.n_opt is None or p.loss_opt is None or p.tokens_opt is None:
+                lines.append(f"  C={budget_label(p.budget):>7s}: no minimum ({len(p.points)} runs; the loss still falls toward the edge)")
+                continue
             where = "" if p.inside else "  (outside the sizes trained)"
             lines.append(
                 f"  C={budget_label(p.budget):>7s}: N*={p.n_opt:>12,.0f}  D*={p.tokens_opt:>14,.0f}  "
@@ -333,7 +354,7 @@ def summary_lines(study: StudyFit) -> list[str]:
             )
         for label, law in (("N*(C)", fit.n_opt), ("L*(C)", fit.loss_opt)):
             if law is None:
-                lines.append(f"  {label}: needs 2 or more budgets")
+                lines.append(f"  {label}: needs 2 or more budgets with a minimum")
                 continue
             errors = [
                 f"± {e:.2g} ({what})" for e, what in ((law.exponent_stderr, "least squares"), (law.exponent_bootstrap, "bootstrap")) if e is not None

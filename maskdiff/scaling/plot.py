@@ -26,15 +26,21 @@ def plot_study(study: StudyFit, out_png: Path) -> Path:
         marker, line = STYLES.get(name, ("^", ":"))
         for p in fit.parabolas:
             n = np.array([q.params for q in p.points], dtype=float)
-            grid = np.geomspace(min(n.min(), p.n_opt) / 1.2, max(n.max(), p.n_opt) * 1.2, 100)
+            ends = [n.min(), n.max()] + ([p.n_opt] if p.n_opt is not None else [])
+            grid = np.geomspace(min(ends) / 1.2, max(ends) * 1.2, 100)
             colour = colours[p.budget]
             curves.plot(n, [q.loss for q in p.points], marker, color=colour, markersize=5)
-            curves.plot(grid, p.loss(grid), line, color=colour, linewidth=1.2, label=f"{name} C={budget_label(p.budget)}")
-            curves.plot([p.n_opt], [p.loss_opt], "*", color=colour, markersize=13, markeredgecolor="black")
-        c = np.array([p.budget for p in fit.parabolas])
+            valley = "" if p.n_opt is not None else " (no minimum)"
+            curves.plot(grid, p.loss(grid), line, color=colour, linewidth=1.2, label=f"{name} C={budget_label(p.budget)}{valley}")
+            if p.n_opt is not None:
+                curves.plot([p.n_opt], [p.loss_opt], "*", color=colour, markersize=13, markeredgecolor="black")
+        valleys = [p for p in fit.parabolas if p.n_opt is not None]
+        if not valleys:
+            continue
+        c = np.array([p.budget for p in valleys])
         label = FAMILY_NAMES.get(name, name)
-        sizes.plot(c, [p.n_opt for p in fit.parabolas], marker, color="black" if name == "ar" else "tab:blue", label=f"{label} N*")
-        losses.plot(c, [p.loss_opt for p in fit.parabolas], marker, color="black" if name == "ar" else "tab:blue", label=f"{label} L*")
+        sizes.plot(c, [p.n_opt for p in valleys], marker, color="black" if name == "ar" else "tab:blue", label=f"{label} N*")
+        losses.plot(c, [p.loss_opt for p in valleys], marker, color="black" if name == "ar" else "tab:blue", label=f"{label} L*")
         grid_c = np.geomspace(c.min() / 2, c.max() * 2, 50)
         if fit.n_opt is not None:
             sizes.plot(grid_c, fit.n_opt(grid_c), line, color="black" if name == "ar" else "tab:blue", label=f"N* ∝ C^{fit.n_opt.exponent:.3f}")
