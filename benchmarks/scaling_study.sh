@@ -57,4 +57,4 @@ PY
 )
 JUDGE_ARGS=()
 if [ -n "$JUDGE" ]; then JUDGE_ARGS=(--judge "$JUDGE"); fi
-"${MASKDIFF_CMD[@]}" bench generate --mdm "$MDM_RUN" --ar "$AR_RUN" --out "$OUT/bench" "${JUDGE_ARGS[@]}" "${THREAD_ARGS[@]}" "${BENCH_ARGS[@]}"
+"${MASKDIFF_CMD[@]}" bench generate --mdm "$MDM_RUN" --ar "$AR_RUN" --out "$OUT/bench" --quiet "${JUDGE_ARGS[@]}" "${THREAD_ARGS[@]}" "${BENCH_ARGS[@]}"

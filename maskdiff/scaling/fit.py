@@ -90,6 +90,7 @@ class FamilyFit:
     parabolas: list[Parabola]
     n_opt: PowerLaw | None  # None with a single budget
     loss_opt: PowerLaw | None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -213,10 +214,15 @@ def fit_family(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0)
     if len(valleys) < 2:
         return FamilyFit(points[0].family, parabolas, None, None), None
     (kn, bn, sn), (kl, bl, sl) = _laws(valleys)
+    notes = []
+    # with 3 sizes every usable draw is the original set again: no spread to report
+    if draws and min(len({q.params for q in p.points}) for p in valleys) < 4:
+        notes.append(f"{points[0].family}: no bootstrap errors (it needs 4 or more sizes at every budget)")
+        draws = 0
     boot = _bootstrap({p.budget: by_budget[p.budget] for p in valleys}, draws, seed) if draws else None
     n_law = _power_law(kn, bn, sn, None if boot is None else boot[:, 1])
     l_law = _power_law(kl, bl, sl, None if boot is None else boot[:, 3])
-    return FamilyFit(points[0].family, parabolas, n_law, l_law), boot
+    return FamilyFit(points[0].family, parabolas, n_law, l_law, notes), boot
 
 
 def compute_multiple(mdm: PowerLaw, ar: PowerLaw, budgets) -> np.ndarray:
@@ -236,6 +242,7 @@ def fit_study(points: list[Point], draws: int = BOOTSTRAP_DRAWS, seed: int = 0, 
         families[name], boots[name] = fit_family([p for p in points if p.family == name], draws, seed)
     study = StudyFit(families, data=data)
     for fit in families.values():
+        study.notes += fit.notes
         for parabola in fit.parabolas:
             if parabola.problem is not None:
                 study.notes.append(f"{parabola.problem}: left out of the power laws")

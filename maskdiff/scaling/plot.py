@@ -57,7 +57,7 @@ def plot_study(study: StudyFit, out_png: Path) -> Path:
         shown = [m["multiple"] for m in study.compute_multiple if m["multiple"] is not None]
         if shown:
             span = f"{min(shown):.3g}x" if max(shown) / min(shown) < 1.05 else f"{min(shown):.3g}x to {max(shown):.3g}x"
-            title += f"\nthe MDM needs {span} the ARM's compute for its loss"
+            title += f"\nMDM: {span} the ARM's compute"
     losses.set(xscale="log", yscale="log", xlabel="C = 6 N D (FLOPs)", ylabel="L* (bits/token)", title=title)
     for ax in (curves, sizes, losses):
         ax.grid(alpha=0.3, which="both")
