@@ -671,7 +671,8 @@ def build_parser() -> Parser:
         "bit), so rerunning the command after an interruption continues the study. Each run folder gets scaling.json "
         "(its budget, N, D and the corpus's fingerprint) for `maskdiff scaling fit`; the final validation loss is in its "
         "metrics.csv. --print prints one `maskdiff train ... --resume auto` command per run instead (torchrun-ready with "
-        "--launcher torchrun), e.g. to run them in parallel: maskdiff scaling run PLAN --print --threads 1 | xargs -P 2 -I{} sh -c '{}'.",
+        "--launcher torchrun), e.g. to run two at a time: "
+        "maskdiff scaling run PLAN --print --threads 1 | xargs -d '\\n' -P 2 -n 1 bash -c 'eval \"$1\"' _",
     )
     p.add_argument("plan", metavar="PLAN", help="a plan file written by `maskdiff scaling plan`")
     p.add_argument("--root", metavar="DIR", help="folder of the run folders (default: next to PLAN, named after it)")
