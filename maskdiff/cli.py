@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from maskdiff.bench.generate import benchmark_generation, parse_list, write_outputs
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint, run_modality
 from maskdiff.config import RunConfig
 from maskdiff.data.facts import GROUPS, make_facts, write_facts
@@ -31,6 +32,11 @@ from maskdiff.generation.frontend import check_output_path
 from maskdiff.hardware import choose_threads
 from maskdiff.presets import PRESETS, get_preset, parameter_count
 from maskdiff.sampling import CACHE_MODES, GRIDS, REMASK_SCHEDULES, RULES
+from maskdiff.scaling.family import FAMILY_PRESETS, FAMILY_RULE, FLOPS_FORMULA
+from maskdiff.scaling.fit import collect_runs, fit_study, summary_lines
+from maskdiff.scaling.plan import load_plan, parse_budgets, plan_isoflops, write_plan
+from maskdiff.scaling.plot import plot_study
+from maskdiff.scaling.runner import default_root, run_commands, run_plan
 from maskdiff.serve.limits import Limits
 from maskdiff.training import check_resume_config, finetune, train
 from maskdiff.training.loop import StartFrom, TrainResult
@@ -405,6 +411,98 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_scaling_plan(args) -> int:
+    plan = plan_isoflops(
+        args.family,
+        parse_budgets(args.budgets),
+        data=args.data,
+        overrides=list(args.set or []),
+        sizes=args.sizes,
+        spread=args.spread,
+        tokens_per_parameter=args.tokens_per_parameter,
+        min_steps=args.min_steps,
+    )
+    out = Path(args.out) if args.out else Path("runs") / "scaling" / f"{args.family}.json"
+    write_plan(plan, out)
+    print(f"compute: {plan.flops_formula}")
+    print(f"sizes:   {plan.size_family}")
+    print(f"data:    {plan.data['description']} ({plan.data['train_tokens']:,} training tokens, fingerprint {plan.data['fingerprint']})")
+    print(f"batch:   {plan.batch_size} x {plan.seq_len} tokens per step; preset {plan.preset}")
+    print(f"{'run':32s} {'N':>11s} {'steps':>7s} {'tokens D':>13s} {'6ND':>9s} {'error':>8s} {'epochs':>7s}")
+    for r in plan.runs:
+        print(f"{r.name:32s} {r.params:11,d} {r.steps:7d} {r.tokens:13,d} {r.flops:9.3g} {r.budget_error:+8.2%} {r.epochs:7.2f}")
+    for note in plan.notes:
+        print(f"note: {note}")
+    print(f"plan: {out} ({len(plan.runs)} runs)\nnext: maskdiff scaling run {out}   |   maskdiff scaling run {out} --print")
+    return 0
+
+
+def cmd_scaling_run(args) -> int:
+    plan = load_plan(args.plan)
+    root = Path(args.root) if args.root else default_root(args.plan)
+    if args.print:
+        for line in run_commands(plan, root, launcher=args.launcher, threads=args.threads, only=args.only):
+            print(line)
+        return 0
+
+    def announce(run, run_dir, status) -> None:
+        what = {"new": "training", "stopped": "resuming", "finished": "finished, skipped"}[status]
+        print(f"{run.name}: {what} ({run.steps} steps, N={run.params:,}) in {run_dir}", flush=True)
+
+    outcomes = run_plan(plan, root, only=args.only, progress=not args.quiet, on_start=announce)
+    for o in outcomes:
+        if o.result is not None and o.result.stopped_by is not None:
+            print(f"stopped by {o.result.stopped_by} during {o.name}; rerun the same command to resume")
+            return 0
+        if o.result is not None and o.result.valid is not None:
+            print(f"{o.name}: validation {o.result.valid.bits_per_token:.4f} bits/{o.result.unit}")
+    print(f"done: {len(outcomes)} runs in {root}\nnext: maskdiff scaling fit {root}")
+    return 0
+
+
+def cmd_scaling_fit(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MaskdiffError(f"--out {str(out)!r} is a file; give a folder")
+    points, identity = collect_runs(args.runs)
+    study = fit_study(points, draws=args.bootstrap, seed=args.seed, data=identity)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fit.json").write_text(json.dumps(study.to_dict(), indent=1) + "\n", encoding="utf-8")
+    plot_study(study, out / "isoflops.png")
+    print(f"{len(points)} runs on {identity['description']} (fingerprint {identity['fingerprint']})")
+    print("\n".join(summary_lines(study)))
+    print(f"fit: {out / 'fit.json'}\nplot: {out / 'isoflops.png'}")
+    return 0
+
+
+def cmd_bench_generate(args) -> int:
+    bench = benchmark_generation(
+        args.mdm,
+        args.ar,
+        prompts=args.prompts,
+        prompt_length=args.prompt_length,
+        length=args.length,
+        steps=parse_list(args.steps, int, "--steps"),
+        rules=parse_list(args.rules, str, "--rules"),
+        cfg=parse_list(args.cfg, float, "--cfg"),
+        judge=args.judge,
+        seed=args.seed,
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+    out = Path(args.out) if args.out else Path("runs") / f"bench-generate-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_outputs(bench, out, args.json)
+    info = bench.info
+    print(
+        f"{info['num_prompts']} validation prompts of {info['prompt_length']} tokens, {info['length']} tokens generated each; "
+        f"{info['device']} {info['precision']}, {info['threads']} threads, "
+        f"judge {info['judge'] or 'none (--judge smollm2 for generative perplexity)'}"
+    )
+    print((out / "table.md").read_text(encoding="utf-8").rstrip())
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+    return 0
+
+
 def cmd_presets(args) -> int:
     if args.show is None:
         width = max(map(len, PRESETS))
@@ -678,8 +776,13 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
     add_threads(p)
     p.set_defaults(handler=cmd_serve)
-    p = sub.add_parser("bench", help="benchmarks of this machine", description="Benchmarks: `maskdiff bench train` (training throughput and MFU).")
-    bench = p.add_subparsers(dest="benchmark", required=True, parser_class=Parser, metavar="BENCHMARK")
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: training throughput, generation speed against quality",
+        description="Benchmarks that print their figures and write them as JSON (and PNG): `maskdiff bench train` (training "
+        "tokens/s and MFU against the measured matmul peak), `maskdiff bench generate` (MDM vs ARM, speed against quality).",
+    )
+    bench = p.add_subparsers(dest="bench_command", required=True, parser_class=Parser, metavar="BENCHMARK")
     p = bench.add_parser(
         "train",
         help="training tokens/s and model FLOPs utilisation",
@@ -742,6 +845,110 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true", help="replace the data set prepared in --out earlier")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_prepare)
+
+    p = sub.add_parser(
+        "scaling",
+        help="scaling-law studies: IsoFLOP plans, their runs and fits",
+        description="IsoFLOP scaling studies for masked diffusion (mdm) and autoregressive (ar) models: `plan` writes "
+        "the runs of each compute budget, `run` trains them (or prints their commands), `fit` fits the results. "
+        f"Compute: {FLOPS_FORMULA}. Size family: {FAMILY_RULE}.",
+    )
+    scaling = p.add_subparsers(dest="scaling_command", required=True, parser_class=Parser, metavar="STEP")
+    p = scaling.add_parser(
+        "plan",
+        help="write an IsoFLOP plan: model sizes and token counts per compute budget",
+        description=f"For each compute budget C, 5 (--sizes) model sizes of the family around the expected optimum "
+        f"N_opt = sqrt(C / (6 r)) (r = --tokens-per-parameter), each trained on the D tokens that spend the budget. "
+        f"Compute: {FLOPS_FORMULA}. Size family (depth and width rule): {FAMILY_RULE}. Every run uses the family's "
+        "preset (mdm: tiny, ar: ar-tiny, the same shapes made causal) with its batch, sequence length and learning rate "
+        "(change them with --set), a cosine schedule over its own steps, warm-up of min(100, steps/10) steps and only the "
+        "final validation. Steps are D / (batch x seq_len) rounded; a size needs --min-steps steps (100 keeps every "
+        "budget within 0.5%), and a budget too small for the smallest size is an error.",
+    )
+    p.add_argument("--budgets", required=True, metavar="C,C,...", help="compute budgets in FLOPs, e.g. 1e13,3e13,1e14")
+    p.add_argument("--family", required=True, choices=tuple(FAMILY_PRESETS), help="mdm (masked diffusion) or ar (autoregressive)")
+    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (default: the built-in corpus)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run, e.g. train.batch_size=16 (repeatable)")
+    p.add_argument("--sizes", type=int, default=5, help="model sizes per budget (default 5; 3 to 9)")
+    p.add_argument("--spread", type=float, default=4.0, help="sizes span N_opt / spread to N_opt x spread (default 4)")
+    p.add_argument("--tokens-per-parameter", type=float, default=20.0, help="r of the expected optimum D = r N (default 20)")
+    p.add_argument("--min-steps", type=int, default=100, help="fewest optimizer steps a run may have (default 100)")
+    p.add_argument("--out", metavar="PLAN", help="plan file to write (default runs/scaling/FAMILY.json); an existing different plan is refused")
+    p.set_defaults(handler=cmd_scaling_plan)
+
+    p = scaling.add_parser(
+        "run",
+        help="train a plan's runs one after another, or print their commands",
+        description="Train every run of PLAN through `maskdiff train`'s library function, one after another, each in its "
+        "own folder under --root: a finished run is skipped, a stopped one resumes from its newest checkpoint (bit for "
+        "bit), so rerunning the command after an interruption continues the study. Each run folder gets scaling.json "
+        "(its budget, N, D and the corpus's fingerprint) for `maskdiff scaling fit`; the final validation loss is in its "
+        "metrics.csv. --print prints one `maskdiff train ... --resume auto` command per run instead (torchrun-ready with "
+        "--launcher torchrun), e.g. to run two at a time: "
+        "maskdiff scaling run PLAN --print --threads 1 | xargs -d '\\n' -P 2 -n 1 bash -c 'eval \"$1\"' _",
+    )
+    p.add_argument("plan", metavar="PLAN", help="a plan file written by `maskdiff scaling plan`")
+    p.add_argument("--root", metavar="DIR", help="folder of the run folders (default: next to PLAN, named after it)")
+    p.add_argument("--print", action="store_true", help="print the runs as shell commands, one per line, instead of training")
+    p.add_argument(
+        "--launcher", choices=("maskdiff", "torchrun"), default="maskdiff", help="--print: plain `maskdiff train` or `torchrun ... -m maskdiff train`"
+    )
+    p.add_argument("--only", action="append", metavar="NAME", help="only this run of the plan (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads(p)
+    p.set_defaults(handler=cmd_scaling_run)
+
+    p = scaling.add_parser(
+        "fit",
+        help="fit IsoFLOP parabolas and power laws to finished runs",
+        description="Per family and budget, a parabola of the final validation loss (bits/token) against ln N and its "
+        "minimum N*, L*; across budgets the power laws N*(C) = k C^b and L*(C) = k C^b with standard errors (least "
+        "squares in log space, and a bootstrap over runs); with mdm and ar runs together, the compute multiple the MDM "
+        "needs to reach the ARM's fitted loss at each budget. Writes OUT/fit.json (every fitted number) and "
+        "OUT/isoflops.png. Unfinished runs, runs of different corpora and budgets with fewer than 3 sizes are refused.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders, or folders holding them (the --root of `scaling run`)")
+    p.add_argument("--out", default="runs/scaling-fit", metavar="DIR", help="folder for fit.json and isoflops.png (default runs/scaling-fit)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap draws for the exponents' errors (default 1000; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.set_defaults(handler=cmd_scaling_fit)
+
+    p = bench.add_parser(
+        "generate",
+        help="MDM vs ARM: wall time, tokens/s, network calls and sample quality on the same prompts",
+        description="Continue the same prompts (the start of evenly spread chunks of the validation split) with a masked "
+        "diffusion run at every --steps count, --rules rule and --cfg guidance weight, and with an autoregressive run on "
+        "its KV cache. Reports wall time, generated tokens/s, network evaluations, and quality: generative perplexity "
+        "under --judge with unigram entropy and distinct-n next to it (so repetitive text cannot look good), the "
+        "validation text's own continuations as the reference. Guidance is unsupervised classifier-free guidance (the "
+        "prompt masked in the unconditional pass; no special training needed). Writes OUT/table.md, the JSON, "
+        "OUT/quality_vs_time.png, OUT/samples.md and every setting's samples under OUT/samples/.",
+    )
+    p.add_argument("--mdm", required=True, metavar="RUN", help="a masked diffusion run folder (or checkpoint)")
+    p.add_argument("--ar", required=True, metavar="RUN", help="an autoregressive run folder (or checkpoint) with the same tokenizer")
+    p.add_argument("--prompts", type=int, default=16, metavar="N", help="prompts, one sample each (default 16)")
+    p.add_argument("--prompt-length", type=int, default=32, metavar="P", help="prompt tokens (default 32)")
+    p.add_argument("--length", type=int, metavar="L", help="tokens to generate after each prompt (default: the MDM's sequence length minus P)")
+    p.add_argument("--steps", default="16,64,256", metavar="S,S,...", help="MDM sampler steps (default 16,64,256)")
+    p.add_argument(
+        "--rules",
+        default="ancestral,low_confidence",
+        metavar="RULE,...",
+        help=f"MDM sampler rules (default ancestral,low_confidence; any of {', '.join(RULES.names())})",
+    )
+    p.add_argument("--cfg", default="0,1", metavar="W,W,...", help="MDM guidance weights; 0 is without guidance (default 0,1)")
+    p.add_argument(
+        "--judge",
+        metavar="PATH_OR_ID",
+        help="causal LM for generative perplexity: a model folder, a .gguf file, a hub id or 'smollm2' (needs maskdiff[judge]); default none",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="numeric precision")
+    p.add_argument("--json", metavar="FILE", help="write the JSON here (default OUT/generate.json)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/bench-generate-TIMESTAMP)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads(p)
+    p.set_defaults(handler=cmd_bench_generate)
 
     p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")

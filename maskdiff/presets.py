@@ -292,12 +292,14 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 }
 
 
-def parameter_count(cfg: RunConfig) -> int:
-    """Parameters of a config's network without its input embedding (as training reports them),
-    counted on the meta device (nothing is allocated); text models with the built-in corpus's
-    characters, token models with their prepared folder's vocabulary (GPT-2's until it is
-    prepared), image models with 256 intensities."""
-    if cfg.data.format == "tokens":
+def parameter_count(cfg: RunConfig, vocab_size: int | None = None) -> int:
+    """Parameters of a config's network without its input embedding (as training reports them, and
+    as scaling laws count N), counted on the meta device (nothing is allocated); ``vocab_size``
+    defaults to the built-in corpus's characters for text models, the prepared folder's vocabulary
+    for token models (GPT-2's until it is prepared) and 256 intensities for images."""
+    if vocab_size is not None:
+        vocab = vocab_size
+    elif cfg.data.format == "tokens":
         vocab = read_meta(Path(cfg.data.path))["tokenizer"]["vocab_size"] if cfg.data.path and is_prepared(cfg.data.path) else GPT2_VOCAB_SIZE
     else:
         vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE

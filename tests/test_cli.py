@@ -91,7 +91,7 @@ def subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_all_here():
-    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets", "serve", "bench", "prepare"}
+    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets", "serve", "bench", "prepare", "scaling"}
 
 
 def test_bench_train_has_help(capsys):

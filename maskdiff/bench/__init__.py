@@ -1,1 +1,1 @@
-"""Benchmarks behind ``maskdiff bench``: ``train.py`` (training throughput and model FLOPs utilisation)."""
+"""Benchmarks behind ``maskdiff bench``: each prints its figures and writes them as JSON (and a PNG)."""
