@@ -8,7 +8,7 @@ its standard error) and the compute multiple the MDM needs to reach the ARM's lo
 interpolating the MDM's loss linearly in log-compute between its levels (extrapolating from the
 last two when the ARM is below all of them, marked with ~).
 
-    taskset -c 0 python benchmarks/equal_compute.py --steps 250,500,1000 --threads 1 --out runs/equal-compute
+    taskset -c 0 python benchmarks/equal_compute.py --steps 250,500,1000 --threads 1 --set model.n_layers=4 --out runs/equal-compute
 
 Runs already finished in --out are read back, not retrained, so an interrupted study resumes.
 """

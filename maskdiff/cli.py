@@ -792,7 +792,7 @@ def build_parser() -> Parser:
         "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
         "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures.",
     )
-    p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (4x128, 128 tokens), 5M (6x256), 25M (8x512) (default all)")
+    p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (the preset), 5M (6x256), 25M (8x512) (default all)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions: fp32, bf16 (default both)")
     p.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128 for tiny, 256 otherwise)")

@@ -21,7 +21,7 @@ def test_bench_train_prints_a_table_and_writes_json(tmp_path, capsys):
     assert [r["precision"] for r in report["results"]] == (["fp32"] if skipped_bf16 else ["fp32", "bf16"])
     assert ("bf16" in report["skipped"]) == bool(skipped_bf16)
     for r in report["results"]:
-        assert r["size"] == "tiny" and r["batch"] == 2 and r["seq_len"] == 16 and r["shape"] == "4x128/4h"
+        assert r["size"] == "tiny" and r["batch"] == 2 and r["seq_len"] == 16 and r["shape"] == "2x128/4h"
         assert r["tokens_per_s"] > 0 and r["peak_gflops"] > 0 and r["peak_n"] == 512
         assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9 / r["peak_gflops"])
         assert set(r["phases_ms"]) == {"forward+loss", "backward", "clip_grad", "optimizer", "ema"}

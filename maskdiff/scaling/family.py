@@ -6,7 +6,7 @@ Member ``i`` = 0, 1, 2, ... widens and deepens in turn, with heads of 32 channel
 
 so members 0, 1, 2, 3, 4, ... are (1 layer, width 32), (1, 64), (2, 64), (2, 96), (3, 96), ...;
 the aspect ratio d_model / n_layers stays between 32 and 64 and member 6 (4 layers, width 128) is
-the ``tiny`` preset's network. Everything else (MLP ratio, schedule, optimiser) is the base
+the network of ``benchmarks/equal_compute.py``'s table. Everything else (MLP ratio, schedule, optimiser) is the base
 preset's. The masked diffusion and the autoregressive family use the same shapes (the latter
 with ``model.causal=true``).
 
@@ -27,7 +27,7 @@ HEAD_CHANNELS = 32
 FLOPS_FORMULA = "C = 6 N D (N: non-embedding parameters, every weight but the input embedding; D: training tokens = steps x batch_size x seq_len)"
 FAMILY_RULE = (
     "member i = 0, 1, 2, ...: n_layers = 1 + floor(i/2), d_model = 32 (1 + ceil(i/2)), n_heads = d_model / 32 "
-    "(widen and deepen in turn; member 6 is the tiny preset's 4 layers of width 128)"
+    "(widen and deepen in turn; member 6 is 4 layers of width 128)"
 )
 # the objectives of the two families a study compares, and the base preset of each
 FAMILY_PRESETS = {"mdm": "tiny", "ar": "ar-tiny"}
