@@ -244,7 +244,7 @@ def verify_checkpoint(checkpoint: Path) -> str | None:
     except (OSError, ValueError):
         return "its manifest is unreadable"
     for name, expected in manifest.items():
-        problem = file_problem(checkpoint / name, expected["bytes"], expected["sha256"])
+        problem = file_problem(checkpoint / name, expected["bytes"], expected["sha256"], name)  # name: relative, e.g. dcp/__0_0.distcp
         if problem is not None:
             return problem
     return None

@@ -15,12 +15,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_problem(path: Path, size: int, sha256: str) -> str | None:
-    """What is wrong with ``path`` against its record (missing, truncated or grown, altered), or None."""
+def file_problem(path: Path, size: int, sha256: str, name: str | None = None) -> str | None:
+    """What is wrong with ``path`` against its record (missing, truncated or grown, altered), or None;
+    the message names the file as ``name`` (default: its file name)."""
+    name = name or path.name
     if not path.is_file():
-        return f"{path.name} is missing"
+        return f"{name} is missing"
     if path.stat().st_size != size:
-        return f"{path.name} has {path.stat().st_size} bytes instead of {size}"
+        return f"{name} has {path.stat().st_size} bytes instead of {size}"
     if file_digest(path) != sha256:
-        return f"{path.name} does not match its checksum"
+        return f"{name} does not match its checksum"
     return None
