@@ -194,8 +194,6 @@ class Denoise:
         prompt = None if self.prompt is None else self.prompt[rows]
         dtype = torch.float64 if z.numel() * self.model.mask_id * 8 <= DRAW_CHUNK_BYTES else torch.float32  # mask_id = V
         with torch.no_grad():
-            if cached is None:  # the call of the uncached sampler
-                return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype)
             return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype, cached=cached)
 
 
