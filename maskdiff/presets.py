@@ -42,6 +42,21 @@ def small() -> RunConfig:
     )
 
 
+def md4_training() -> TrainConfig:
+    """MD4's training settings (text8 and OpenWebText): batch 512, AdamW 3e-4, EMA 0.9999, bf16."""
+    return TrainConfig(
+        steps=1_000_000,
+        batch_size=512,
+        lr=3e-4,
+        warmup_steps=2000,
+        weight_decay=0.03,
+        ema_decay=0.9999,
+        eval_every=10_000,
+        checkpoint_every=10_000,
+        precision="bf16",
+    )
+
+
 def text8() -> RunConfig:
     """MD4's text8 setting: 12 layers, width 768, 256 characters, batch 512 (needs a GPU and the text8 file)."""
     return RunConfig(
@@ -49,17 +64,7 @@ def text8() -> RunConfig:
         model=ModelConfig(n_layers=12, d_model=768, n_heads=12, dropout=0.0),
         diffusion=DiffusionConfig(schedule="linear"),
         data=DataConfig(path="text8", seq_len=256, valid_fraction=0.05, test_fraction=0.05),
-        train=TrainConfig(
-            steps=1_000_000,
-            batch_size=512,
-            lr=3e-4,
-            warmup_steps=2000,
-            weight_decay=0.03,
-            ema_decay=0.9999,
-            eval_every=10_000,
-            checkpoint_every=10_000,
-            precision="bf16",
-        ),
+        train=md4_training(),
     )
 
 
@@ -90,17 +95,7 @@ def md4(name: str, n_layers: int, d_model: int, n_heads: int, doc: str) -> Calla
             model=ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, dropout=0.02),
             diffusion=DiffusionConfig(schedule="linear"),
             data=DataConfig(format="tokens", seq_len=1024),
-            train=TrainConfig(
-                steps=1_000_000,
-                batch_size=512,
-                lr=3e-4,
-                warmup_steps=2000,
-                weight_decay=0.03,
-                ema_decay=0.9999,
-                eval_every=10_000,
-                checkpoint_every=10_000,
-                precision="bf16",
-            ),
+            train=md4_training(),
         )
 
     preset.__doc__ = doc
