@@ -19,7 +19,7 @@ from maskdiff.registry import Registry
 from maskdiff.tokenizer import TOKENIZERS
 
 PACKAGE = Path(maskdiff.__file__).parent
-REPO = PACKAGE.parent
+REPO = PACKAGE.parent.parent
 
 
 def module_name(path: Path) -> str:

@@ -96,8 +96,14 @@ def parse_body(model: type[Strict], body: bytes) -> Strict:
         raise _request_error(err) from None
 
 
+# which of several problems a refusal names: a body that is not JSON (or not an object) first, then an
+# unknown field (a misspelt name also shows up as a missing required field, which would mislead), then
+# the rest in the library's order; pydantic's own order of errors differs between its releases
+_ERROR_PRIORITY = {"json_invalid": 0, "model_type": 1, "extra_forbidden": 2}
+
+
 def _request_error(err: ValidationError) -> RequestError:
-    first = err.errors()[0]
+    first = min(err.errors(), key=lambda e: _ERROR_PRIORITY.get(e["type"], len(_ERROR_PRIORITY)))
     kind, loc = first["type"], first["loc"]
     if kind == "json_invalid":
         return RequestError(f"the body is not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}", code="invalid_json")
