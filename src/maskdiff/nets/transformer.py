@@ -9,6 +9,12 @@ With ``time_conditioning`` every norm is modulated by an embedding of t (adaLN-Z
 DiT/MDLM); without it the network ignores t, which is exact for masked diffusion (the true
 posterior of a masked token does not depend on t) and lets samplers reuse predictions.
 The output layer starts at zero, so a fresh model predicts the uniform distribution.
+
+The options that released checkpoints need (maskdiff/interop/) are fields of the one config:
+grouped-query attention (``n_kv_heads``), the rotary base, q/k/v biases, RMSNorm's epsilon, the
+MLP's hidden width, an output layer tied to the embedding or padded past the vocabulary (its
+extra rows sliced off), and Dream's shifted logits. Their defaults are the network of earlier
+runs, so old run folders load unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ class TransformerConfig(Section):
     n_layers: int = option(4, "number of transformer blocks")
     d_model: int = option(128, "width of the residual stream")
     n_heads: int = option(4, "attention heads; d_model must be a multiple of 2 * n_heads")
-    mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model")
+    n_kv_heads: int = option(0, "key/value heads (grouped-query attention: n_heads a multiple of it); 0: n_heads")
+    mlp_ratio: int = option(4, "hidden width of the MLP as a multiple of d_model (unless mlp_hidden is set)")
+    mlp_hidden: int = option(0, "hidden width of the MLP; 0: mlp_ratio * d_model")
     time_conditioning: bool = option(False, "condition every block on t with adaLN-Zero (off: the network ignores t)")
     time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
     dropout: float = option(0.0, "dropout probability in attention and MLP")
@@ -42,10 +50,24 @@ class TransformerConfig(Section):
     causal: bool = option(False, "causal attention (a position sees itself and earlier ones): the network of diffusion.objective=ar")
     mlp: str = option("gelu", "MLP: gelu (two matrices) or swiglu (Llama's gated MLP: three matrices of hidden width mlp_ratio * d_model)")
     norm: str = option("layernorm", "normalisation: layernorm or rmsnorm (Llama's)")
+    norm_eps: float = option(0.0, "epsilon of every norm; 0: PyTorch's default (1e-5 for layernorm, the dtype's machine epsilon for rmsnorm)")
+    qkv_bias: bool = option(False, "biases on the query, key and value projections (Qwen2's and Dream's attention)")
+    tie_embeddings: bool = option(False, "the output layer is the input embedding matrix (its first V rows), with no bias")
+    padded_vocab: int = option(0, "rows of the output layer when more than the vocabulary (padding); the rows past it are never sampled nor scored")
+    shift_logits: bool = option(False, "the network's output at i predicts token i+1 (Dream's convention); shifted so logits[i] predict token i")
 
     def problems(self) -> list[str]:
         out = at_least_one(self, "model", ("n_layers", "d_model", "n_heads", "mlp_ratio", "time_features"))
         out += head_problems(self.d_model, self.n_heads)
+        if self.n_kv_heads < 0 or (self.n_kv_heads and self.n_heads % self.n_kv_heads):
+            out.append(f"model.n_kv_heads ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads}) (0: as many as n_heads)")
+        for name in ("mlp_hidden", "padded_vocab"):
+            if getattr(self, name) < 0:
+                out.append(f"model.{name} must be >= 0")
+        if self.norm_eps < 0:
+            out.append("model.norm_eps must be >= 0")
+        if self.shift_logits and self.causal:
+            out.append("model.shift_logits is for bidirectional networks; a causal one already predicts the next token")
         if self.mlp not in ("gelu", "swiglu"):
             out.append(f"model.mlp must be gelu or swiglu, not {self.mlp!r}")
         if self.norm not in ("layernorm", "rmsnorm"):
@@ -123,6 +145,7 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self._record: torch.Tensor | None = None  # rows whose keys and values the current full pass stores
         self._window: tuple[torch.Tensor, int, int] | None = None  # (rows, start, end) of the current window pass
+        self.tokens: torch.Tensor | None = None  # [rows, capacity] ids of the last full pass (shifted logits only)
 
     def _buffers(self, layer: int, k: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer], self.values[layer]
@@ -163,6 +186,19 @@ class KVCache:
             return k, v  # the very tensors an uncached pass attends to, so its logits are the same bits
         return self.extend(layer, k, v)
 
+    def remember_tokens(self, rows: torch.Tensor, z: torch.Tensor) -> None:
+        """Keep the ids z [R, L] of a full pass over rows ``rows`` (a network with shifted logits
+        reads the one before a window)."""
+        if self.tokens is None:
+            self.tokens = z.new_zeros((self.rows or z.shape[0], z.shape[1]))
+        self.tokens[rows] = z
+
+    def tokens_before(self, rows: torch.Tensor, start: int) -> torch.Tensor:
+        """The remembered id at position start - 1 of rows ``rows``.  -> [R, 1]"""
+        if self.tokens is None:
+            raise ValueError("a window pass needs a full pass that stored the other positions first")
+        return self.tokens[rows, start - 1 : start]
+
     @contextmanager
     def recording(self, rows: torch.Tensor) -> Iterator[None]:
         """Within this block, a full pass over rows ``rows`` [R] of the batch stores their keys and values."""
@@ -184,10 +220,18 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    """Self-attention with rotary positions; ``n_kv_heads`` < ``n_heads`` shares each key/value
+    head among n_heads / n_kv_heads query heads (grouped-query attention).
+
+    One projection ``qkv`` computes the queries of every head, then the keys, then the values:
+    its rows are [n_heads * head_dim | n_kv_heads * head_dim | n_kv_heads * head_dim].
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, n_kv_heads: int = 0, bias: bool = False):
         super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads or n_heads
+        self.head_dim = d_model // n_heads
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.dropout = dropout
 
@@ -201,35 +245,40 @@ class Attention(nn.Module):
         stored (causally within the new positions).
         """
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        H, G, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split((H * hd, G * hd, G * hd), dim=-1)
+        q, k, v = q.view(B, L, H, hd).transpose(1, 2), k.view(B, L, G, hd).transpose(1, 2), v.view(B, L, G, hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
+        gqa = {"enable_gqa": True} if G != H else {}  # the cache keeps G heads; attention shares them
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal, **gqa)
         else:
             k, v = cache.update(layer, k, v)
             start = k.shape[2] - L  # the new positions follow the cached ones (causal decoding)
             if L == 1 or not causal:  # one new query sees every stored position; bidirectional: everything
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
             elif start == 0:  # the first chunk: the plain causal mask
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, **gqa)
             else:  # new query j sits at position start + j and sees keys 0..start + j
                 mask = torch.arange(start + L, device=x.device)[None] <= torch.arange(start, start + L, device=x.device)[:, None]
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
-def make_norm(kind: str, d_model: int, affine: bool) -> nn.Module:
-    """LayerNorm, or RMSNorm (no centring, no bias) for ``kind="rmsnorm"``."""
-    return nn.RMSNorm(d_model, elementwise_affine=affine) if kind == "rmsnorm" else nn.LayerNorm(d_model, elementwise_affine=affine)
+def make_norm(kind: str, d_model: int, affine: bool, eps: float = 0.0) -> nn.Module:
+    """LayerNorm, or RMSNorm (no centring, no bias) for ``kind="rmsnorm"``; ``eps`` 0: PyTorch's default."""
+    if kind == "rmsnorm":
+        return nn.RMSNorm(d_model, eps=eps or None, elementwise_affine=affine)
+    return nn.LayerNorm(d_model, eps=eps or 1e-5, elementwise_affine=affine)
 
 
 class MLP(nn.Module):
-    """GELU MLP, or with ``gated`` SwiGLU: silu(x W_gate) * (x W_up), the two in one up-projection."""
+    """GELU MLP, or with ``gated`` SwiGLU: silu(x W_gate) * (x W_up), the two in one up-projection
+    (its rows: the gate's ``hidden``, then the up-projection's)."""
 
-    def __init__(self, d_model: int, mlp_ratio: int, dropout: float, gated: bool = False):
+    def __init__(self, d_model: int, hidden: int, dropout: float, gated: bool = False):
         super().__init__()
-        hidden = mlp_ratio * d_model
         self.gated = gated
         self.up = nn.Linear(d_model, 2 * hidden if gated else hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
@@ -245,12 +294,26 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm attention + MLP; with a condition c [B, D], adaLN-Zero shifts, scales and gates both."""
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, conditioned: bool, mlp: str = "gelu", norm: str = "layernorm"):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        mlp_ratio: int,
+        dropout: float,
+        conditioned: bool,
+        mlp: str = "gelu",
+        norm: str = "layernorm",
+        *,
+        n_kv_heads: int = 0,
+        qkv_bias: bool = False,
+        mlp_hidden: int = 0,
+        norm_eps: float = 0.0,
+    ):
         super().__init__()
-        self.norm1 = make_norm(norm, d_model, affine=not conditioned)
-        self.attn = Attention(d_model, n_heads, dropout)
-        self.norm2 = make_norm(norm, d_model, affine=not conditioned)
-        self.mlp = MLP(d_model, mlp_ratio, dropout, gated=mlp == "swiglu")
+        self.norm1 = make_norm(norm, d_model, affine=not conditioned, eps=norm_eps)
+        self.attn = Attention(d_model, n_heads, dropout, n_kv_heads, qkv_bias)
+        self.norm2 = make_norm(norm, d_model, affine=not conditioned, eps=norm_eps)
+        self.mlp = MLP(d_model, mlp_hidden or mlp_ratio * d_model, dropout, gated=mlp == "swiglu")
         self.modulation = nn.Linear(d_model, 6 * d_model) if conditioned else None
 
     def forward(self, x, cos, sin, c=None, causal: bool = False, cache: KVCache | None = None, layer: int = 0):
@@ -278,12 +341,13 @@ class Transformer(nn.Module):
             if cfg.time_conditioning
             else None
         )
-        self.blocks = nn.ModuleList(
-            Block(cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning, cfg.mlp, cfg.norm) for _ in range(cfg.n_layers)
-        )
-        self.norm = make_norm(cfg.norm, cfg.d_model, affine=not cfg.time_conditioning)
+        options = {"n_kv_heads": cfg.n_kv_heads, "qkv_bias": cfg.qkv_bias, "mlp_hidden": cfg.mlp_hidden, "norm_eps": cfg.norm_eps}
+        block = (cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning, cfg.mlp, cfg.norm)
+        self.blocks = nn.ModuleList(Block(*block, **options) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg.norm, cfg.d_model, affine=not cfg.time_conditioning, eps=cfg.norm_eps)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
-        self.head = nn.Linear(cfg.d_model, vocab_size)
+        # the output layer; tied: the embedding's first V rows, in _run
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, max(vocab_size, cfg.padded_vocab))
         self._rotary_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters()
 
@@ -317,7 +381,14 @@ class Transformer(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z_t [B, L] ids in 0..V (V = mask), t [B] -> logits [B, L, V]."""
         cos, sin = self.rotary(z_t.shape[1], z_t.device)
-        return self._run(z_t, t, cos, sin)
+        return self._aligned(self._run(z_t, t, cos, sin))
+
+    def _aligned(self, logits: torch.Tensor) -> torch.Tensor:
+        """With ``shift_logits`` the output at i predicts token i+1, so token i's prediction is the
+        output at i-1; position 0 has none before it and keeps its own output (give it a fixed token)."""
+        if not self.cfg.shift_logits:
+            return logits
+        return torch.cat((logits[:, :1], logits[:, :-1]), dim=1)
 
     def new_cache(self, capacity: int) -> KVCache:
         """An empty KV cache for :meth:`forward_cached` with room for ``capacity`` positions."""
@@ -359,11 +430,18 @@ class Transformer(nn.Module):
             raise ValueError("forward_block is for bidirectional networks; a causal one decodes with forward_cached")
         cos, sin = self.rotary(cache.capacity, z.device)  # the table forward() uses for a sequence of that length
         if window is None:
+            if self.cfg.shift_logits:  # a later window needs the token before it
+                cache.remember_tokens(rows, z)
             with cache.recording(rows):
-                return self._run(z, t, cos, sin, cache)
+                return self._aligned(self._run(z, t, cos, sin, cache))
         start, end = window
+        if self.cfg.shift_logits and start > 0:
+            # the window's first prediction is the output at start - 1: run that position too
+            z = torch.cat((cache.tokens_before(rows, start), z), dim=1)
+            with cache.attending(rows, start - 1, end):
+                return self._run(z, t, cos[start - 1 : end], sin[start - 1 : end], cache)[:, :-1]
         with cache.attending(rows, start, end):
-            return self._run(z, t, cos[start:end], sin[start:end], cache)
+            return self._aligned(self._run(z, t, cos[start:end], sin[start:end], cache))
 
     def _run(self, z: torch.Tensor, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.embed(z)
@@ -374,7 +452,10 @@ class Transformer(nn.Module):
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
-        return self.head(x)
+        if self.head is None:
+            return F.linear(x, self.embed.weight[: self.vocab_size])
+        logits = self.head(x)
+        return logits[..., : self.vocab_size] if logits.shape[-1] > self.vocab_size else logits  # padding rows: never a prediction
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -389,4 +470,6 @@ class Transformer(nn.Module):
         per_sequence = [self.time_embed, self.final_modulation, *self.modulations()]
         n_sequence = sum(p.numel() for m in per_sequence if m is not None for p in m.parameters())
         n_token = self.num_parameters() - n_sequence
+        if self.head is None:  # the tied output layer multiplies by the embedding matrix
+            n_token += self.vocab_size * self.cfg.d_model
         return 6 * (n_token + n_sequence / length) + 12 * self.cfg.n_layers * length * self.cfg.d_model
