@@ -4,6 +4,7 @@
     run.sample(2, length=64, prompt="ROMEO. ")          # -> two strings
     run.infill("To be, or [[12]] to be", n=3)           # -> three strings, the slot filled
     run.score("To be, or not to be").bits_per_token     # the bound (or the exact NLL) of a text
+    run.logits(ids)                                     # the network's output for token ids [B, L]
 
 Tensors for those who want them: ``run.model`` (an :class:`~maskdiff.objectives.Objective`;
 ``run.model.sample(n, L, steps, given=...)`` takes token ids with the mask id, ``run.mask_id``,
@@ -123,6 +124,21 @@ class Run:
         stderr = total.std().item() / math.sqrt(draws) if draws > 1 else 0.0
         per_bit = ids.numel() * math.log(2)
         return Score(nats, nats / per_bit, stderr / per_bit, ids.numel(), self.model.estimator)
+
+    def logits(self, ids) -> torch.Tensor:
+        """The network's output for token ids [B, L] (or [L]; the mask id allowed), in float32 [B, L, V]:
+        one column per vocabulary entry (no mask or padding column). A diffusion model's prediction of
+        each position's clean token (at t = the row's fraction of masked positions, which only a
+        time-conditioned network reads); an autoregressive model's logits of the token after each
+        position (no begin-of-sequence token added)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        ids = ids[None] if ids.dim() == 1 else ids
+        if ids.dim() != 2 or ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) > self.mask_id:
+            raise MaskdiffError(f"logits need token ids [B, L] in 0..{self.mask_id} (the mask id), got shape {list(ids.shape)}")
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            if self.model.left_to_right:
+                return self.model.predict(ids).float()
+            return self.model.predict(ids, (ids == self.mask_id).float().mean(-1)).float()
 
     def _need_text(self) -> None:
         if self.config.data.modality != "text":
