@@ -91,7 +91,20 @@ def subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_all_here():
-    assert set(subcommands()) == {"train", "finetune", "sample", "eval", "facts", "presets", "serve", "bench", "prepare", "scaling"}
+    assert set(subcommands()) == {
+        "train",
+        "finetune",
+        "sample",
+        "eval",
+        "facts",
+        "presets",
+        "serve",
+        "bench",
+        "prepare",
+        "scaling",
+        "import",
+        "export",
+    }
 
 
 def test_bench_train_has_help(capsys):

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from maskdiff.cli import bench, data, evaluate, presets, sample, scaling, serve, train
+from maskdiff.cli import bench, convert, data, evaluate, presets, sample, scaling, serve, train
 from maskdiff.cli.common import EXIT_ERROR, Parser
 from maskdiff.errors import MaskdiffError
 from maskdiff.hardware import choose_threads
@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     data.add_prepare_parser(sub)
     scaling.add_scaling_parser(sub)
     presets.add_presets_parser(sub)
+    convert.add_convert_parsers(sub)
     return parser
 
 
