@@ -75,8 +75,11 @@ def from_names(files: SafetensorsFiles, names: dict[str, str]) -> tuple[dict, di
 
 def llama_model(config: dict, folder: Path) -> dict:
     """The model section of a Llama/Qwen2-style ``config.json``."""
-    if config.get("rope_scaling"):
-        raise MaskdiffError(f"{folder / 'config.json'} scales its rotary embeddings (rope_scaling), which maskdiff does not implement")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # the newer and the older key
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise MaskdiffError(
+            f"{folder / 'config.json'} scales its rotary embeddings ({rope.get('rope_type', rope.get('type'))}), which maskdiff does not implement"
+        )
     d, heads = int(need(config, "hidden_size", folder)), int(need(config, "num_attention_heads", folder))
     if config.get("head_dim") not in (None, d // heads):
         raise MaskdiffError(f"head_dim {config['head_dim']} is not hidden_size / num_attention_heads; maskdiff needs it to be")
@@ -87,7 +90,7 @@ def llama_model(config: dict, folder: Path) -> dict:
         n_kv_heads=int(config.get("num_key_value_heads") or heads),
         mlp_hidden=int(need(config, "intermediate_size", folder)),
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        rope_base=float(config.get("rope_theta", 10_000.0)),
+        rope_base=float(config.get("rope_theta") or rope.get("rope_theta") or 10_000.0),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
     )
