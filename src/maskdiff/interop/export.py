@@ -14,6 +14,7 @@ same weights, so the same logits.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -64,7 +65,7 @@ def export_hf(run: str | Path, out: str | Path, shard_bytes: int = SHARD_BYTES) 
         if len(groups) == 1:
             write_safetensors(tmp / "model.safetensors", planned(groups[0]))
         else:
-            weight_map = {}
+            weight_map: dict[str, str] = {}
             for k, group in enumerate(groups, 1):
                 name = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
                 write_safetensors(tmp / name, planned(group))
@@ -94,7 +95,7 @@ def export_hf(run: str | Path, out: str | Path, shard_bytes: int = SHARD_BYTES) 
 
 
 def planned(tensors: dict[str, torch.Tensor]) -> dict[str, PlannedTensor]:
-    return {name: PlannedTensor(tuple(t.shape), t.dtype, lambda t=t: t) for name, t in tensors.items()}
+    return {name: PlannedTensor(tuple(t.shape), t.dtype, functools.partial(torch.Tensor.detach, t)) for name, t in tensors.items()}
 
 
 def model_card(loaded, run: Path) -> str:
@@ -152,7 +153,7 @@ def import_exported(source: Path, out: Path, overrides=()) -> Path:
         raise MaskdiffError(f"{source} holds no {MASKDIFF_TOKENIZER}")
     tokenizer = load_tokenizer(tokenizer_file)
     files = SafetensorsFiles(source)
-    plan = {name: PlannedTensor(files.shape(name), files.dtype(name), lambda n=name: files.get(n)) for name in files.names()}
+    plan = {name: PlannedTensor(files.shape(name), files.dtype(name), functools.partial(files.get, name)) for name in files.names()}
     from maskdiff.models import build_model
 
     with torch.device("meta"):  # shapes only: no memory for the weights

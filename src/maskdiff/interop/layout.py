@@ -107,18 +107,23 @@ def plan_weights(
     for i in range(cfg.n_layers):
         role, at = f"layers.{i}.", f"blocks.{i}."
         add(at + "norm1.weight", (d,), weights[role + "attn_norm"])
-        add(at + "attn.qkv.weight", ((H + 2 * G) * hd, d), lambda r=role: torch.cat([weights[r + x]() for x in ("q", "k", "v")]))
+        add(at + "attn.qkv.weight", ((H + 2 * G) * hd, d), stacked([weights[role + x] for x in ("q", "k", "v")]))
         if cfg.qkv_bias:
-            add(at + "attn.qkv.bias", ((H + 2 * G) * hd,), lambda r=role: torch.cat([weights[r + x]() for x in ("q_bias", "k_bias", "v_bias")]))
+            add(at + "attn.qkv.bias", ((H + 2 * G) * hd,), stacked([weights[role + x] for x in ("q_bias", "k_bias", "v_bias")]))
         add(at + "attn.out.weight", (d, d), weights[role + "o"])
         add(at + "norm2.weight", (d,), weights[role + "mlp_norm"])
-        add(at + "mlp.up.weight", (2 * F, d), lambda r=role: torch.cat([weights[r + "gate"](), weights[r + "up"]()]))
+        add(at + "mlp.up.weight", (2 * F, d), stacked([weights[role + "gate"], weights[role + "up"]]))
         add(at + "mlp.down.weight", (d, F), weights[role + "down"])
     add("norm.weight", (d,), weights["norm"])
     if not cfg.tie_embeddings:
         add("head.weight", (V, d), lambda: weights["head"]().index_select(0, rows[:V]))
         add("head.bias", (V,), lambda: torch.zeros(V))
     return plan
+
+
+def stacked(parts: list[Read]) -> Read:
+    """A reader of the tensors ``parts`` read and stacked along their rows."""
+    return lambda: torch.cat([read() for read in parts])
 
 
 def transformer_fields(**fields) -> dict:

@@ -26,7 +26,7 @@ class SafetensorsFiles:
         self._handles: dict[Path, object] = {}
         for file in self._files():
             handle = self._open(file)
-            for name in handle.keys():  # type: ignore[attr-defined]
+            for name in handle.keys():
                 self._where[name] = file
 
     def _files(self) -> list[Path]:

@@ -250,19 +250,19 @@ class Attention(nn.Module):
         q, k, v = q.view(B, L, H, hd).transpose(1, 2), k.view(B, L, G, hd).transpose(1, 2), v.view(B, L, G, hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
-        gqa = {"enable_gqa": True} if G != H else {}  # the cache keeps G heads; attention shares them
+        gqa = G != H  # the cache keeps G heads; attention shares each among H / G queries
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal, **gqa)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal, enable_gqa=gqa)
         else:
             k, v = cache.update(layer, k, v)
             start = k.shape[2] - L  # the new positions follow the cached ones (causal decoding)
             if L == 1 or not causal:  # one new query sees every stored position; bidirectional: everything
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=gqa)
             elif start == 0:  # the first chunk: the plain causal mask
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, **gqa)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
             else:  # new query j sits at position start + j and sees keys 0..start + j
                 mask = torch.arange(start + L, device=x.device)[None] <= torch.arange(start, start + L, device=x.device)[:, None]
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -341,9 +341,22 @@ class Transformer(nn.Module):
             if cfg.time_conditioning
             else None
         )
-        options = {"n_kv_heads": cfg.n_kv_heads, "qkv_bias": cfg.qkv_bias, "mlp_hidden": cfg.mlp_hidden, "norm_eps": cfg.norm_eps}
-        block = (cfg.d_model, cfg.n_heads, cfg.mlp_ratio, cfg.dropout, cfg.time_conditioning, cfg.mlp, cfg.norm)
-        self.blocks = nn.ModuleList(Block(*block, **options) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.mlp_ratio,
+                cfg.dropout,
+                cfg.time_conditioning,
+                cfg.mlp,
+                cfg.norm,
+                n_kv_heads=cfg.n_kv_heads,
+                qkv_bias=cfg.qkv_bias,
+                mlp_hidden=cfg.mlp_hidden,
+                norm_eps=cfg.norm_eps,
+            )
+            for _ in range(cfg.n_layers)
+        )
         self.norm = make_norm(cfg.norm, cfg.d_model, affine=not cfg.time_conditioning, eps=cfg.norm_eps)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
         # the output layer; tied: the embedding's first V rows, in _run
