@@ -123,6 +123,13 @@ def test_dream_gives_the_logits_of_a_bidirectional_qwen2_shifted(tmp_path):
     raw = bidirectional_logits(ref, ids)[..., : n - 1]
     expected = torch.cat((raw[:, :1], raw[:, :-1]), dim=1)  # Dream: the output at i - 1 predicts token i
     assert relative(run.logits(ids), expected) < 1e-5
+    # block decoding on the KV cache reads the token before each window: with a full pass every
+    # step it draws what the uncached sampler draws, and without one it still fills every position
+    given = torch.full((2, 12), run.mask_id)
+    given[:, :3] = ids[:, :3]
+    draw = lambda **o: run.model.sample(2, 12, 8, given=given, generator=torch.Generator().manual_seed(0), block_size=3, **o)  # noqa: E731
+    assert torch.equal(draw(kv_cache="dual", refresh=1), draw())
+    assert (draw(kv_cache="dual")[:, 3:] < run.mask_id).all() and (draw(kv_cache="prefix")[:, 3:] < run.mask_id).all()
 
 
 def test_a_tied_llama_folder_imports_as_the_autoregressive_model(tmp_path):
