@@ -2,7 +2,8 @@
 folder sharded with a ``*.safetensors.index.json``.
 
 Every file is memory-mapped (``safe_open``), so a tensor is read from disk when it is asked for
-and a multi-gigabyte checkpoint never sits in memory whole. A truncated or foreign file is a
+and a multi-gigabyte checkpoint never sits in memory whole (each read maps the file anew and
+unmaps it after). A truncated or foreign file is a
 :class:`MaskdiffError` that names it.
 """
 
@@ -66,10 +67,13 @@ class SafetensorsFiles:
         return tuple(self._open(self._where[name]).get_slice(name).get_shape())
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor ``name``, read from its file."""
+        """The tensor ``name``, read from its file through a mapping of its own: closing it right
+        away unmaps the pages it touched, so reading every tensor in turn never leaves the whole
+        checkpoint resident in this process."""
         if name not in self._where:
             raise MaskdiffError(f"{self.path} has no tensor {name!r}")
-        return self._open(self._where[name]).get_tensor(name)
+        with safe_open(str(self._where[name]), framework="pt") as f:
+            return f.get_tensor(name)
 
     def dtype(self, name: str) -> torch.dtype:
         return _DTYPES[self._open(self._where[name]).get_slice(name).get_dtype()]
