@@ -24,7 +24,11 @@ def read_tokenizer_json(path: Path) -> dict:
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         where = f"{path} holds no tokenizer.json" if path.is_dir() else f"tokenizer {path} does not exist"
-        raise MaskdiffError(f"{where}; pass the model's tokenizer with --tokenizer (a tokenizer.json or a folder holding one)")
+        raise MaskdiffError(
+            f"{where}; pass the model's tokenizer with --tokenizer (a tokenizer.json or a folder holding one; a model that ships "
+            "vocab.json and merges.txt instead can write one with transformers: AutoTokenizer.from_pretrained(DIR, "
+            "trust_remote_code=True).save_pretrained(OUT))"
+        )
     if file.name.endswith(".model"):
         raise MaskdiffError(f"{file} is a sentencepiece model; pass the tokenizer.json of the same tokenizer instead")
     try:
