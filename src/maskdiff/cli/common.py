@@ -1,8 +1,15 @@
-"""What every subcommand's parser shares: one-line usage errors, exit codes, --threads and --resume."""
+"""What every subcommand's parser shares: one-line usage errors, exit codes, --threads and --resume, and
+the conversion of the parsed flags into each handler's typed inputs."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -30,3 +37,18 @@ def add_resume(p: argparse.ArgumentParser, what: str) -> None:
         choices=("yes", "auto"),
         help=f"continue {what} in --out from its newest intact checkpoint; '--resume auto' starts it if it has none",
     )
+
+
+# ------------------------------------------------------------------ typed handler inputs
+Inputs = TypeVar("Inputs", bound="DataclassInstance")
+
+
+def inputs_of(cls: type[Inputs], args: argparse.Namespace) -> Inputs:
+    """A handler's typed inputs: the dataclass ``cls`` filled from the parsed flags of the same names."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+def set_handler(p: argparse.ArgumentParser, cls: type[Inputs], handler: Callable[[Inputs], int]) -> None:
+    """Make ``handler`` the parser's command: :func:`maskdiff.cli.main` converts the flags into ``cls``
+    once, so the handler reads typed values (``inputs`` names the class for the tests)."""
+    p.set_defaults(handler=lambda args: handler(inputs_of(cls, args)), inputs=cls)
