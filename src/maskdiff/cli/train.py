@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from maskdiff.cli.common import Subcommands, add_resume, add_threads, set_handler
+from maskdiff.cli.common import Commands, Parser, add_resume, add_threads, set_handler
 from maskdiff.errors import MaskdiffError
 
 if TYPE_CHECKING:
@@ -137,30 +137,37 @@ def check_fine_tuned_from(run_dir: Path, checkpoint: str) -> None:
         raise MaskdiffError(f"{run_dir} was fine-tuned from {started}, not {checkpoint}; drop --checkpoint to continue it")
 
 
-def add_train_parsers(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model",
-        description="Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus.",
-    )
+def add_train_parsers(sub: Commands) -> None:
+    sub.add_command("train", "train a model", fill_train_parser)
+    sub.add_command("finetune", "fine-tune a text run on prompt/response pairs", fill_finetune_parser)
+
+
+def fill_train_parser(p: Parser) -> None:
+    p.description = "Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus."
     p.add_argument("--preset", help="named config (see `maskdiff presets`; default: tiny)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
-    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="what to train on (same as --set data.path=PATH): a UTF-8 text file for the character presets (tiny, small, text8, "
+        "their ar- and genmd4- variants), a folder written by `maskdiff prepare` for the token presets (bpe-tiny, md4-*, smdm-*, their "
+        "ar- variants), image files or a folder for the image presets (default: the preset's own data)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
     add_resume(p, "the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     set_handler(p, TrainArgs, cmd_train)
 
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a text run on prompt/response pairs",
-        description="Conditional fine-tuning (SMDM): a new run that starts from RUN's EMA (or raw) weights and trains on "
+
+def fill_finetune_parser(p: Parser) -> None:
+    p.description = (
+        "Conditional fine-tuning (SMDM): a new run that starts from RUN's EMA (or raw) weights and trains on "
         'JSONL pairs {"prompt": ..., "response": ...}. Each example is prompt + response + end of text, padded with the '
         "end of text to the sequence length; only the response and its end of text are scored (a diffusion model never "
         "masks the prompt or the padding; an autoregressive one does not score them). The new run keeps RUN's network, "
         "objective and vocabulary; it trains 200 steps at a tenth of RUN's learning rate (change with --set train.*), "
-        "resumes like any run (--out DIR --resume), and its samples stop at the end of text.",
+        "resumes like any run (--out DIR --resume), and its samples stop at the end of text."
     )
     p.add_argument("--checkpoint", metavar="RUN", help="the run to start from: a run folder or one of its checkpoints (a new run)")
     p.add_argument("--data", metavar="PAIRS", help="JSONL file of prompt/response pairs, or a folder with train.jsonl (valid.jsonl, test.jsonl)")
