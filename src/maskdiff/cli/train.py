@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from maskdiff.cli.common import Commands, Parser, add_resume, add_threads, set_handler
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 
 if TYPE_CHECKING:
     from maskdiff.config import RunConfig
@@ -67,8 +67,8 @@ def report_training(result: TrainResult, command: str) -> int:
     assert v is not None  # a run that was not stopped early ends with its validation bound
     what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {result.steps} steps; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
+        f"done: {plural(result.steps, 'step')}; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
+        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {plural(v.num_tokens, 'token')}\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
