@@ -13,8 +13,8 @@ from tiny_run import train_tiny
 import maskdiff
 from maskdiff.cli import main
 from maskdiff.errors import MaskdiffError
-from maskdiff.interop import import_checkpoint
 from maskdiff.interop.export import export_hf
+from maskdiff.interop.importer import import_checkpoint
 
 
 @pytest.fixture(scope="module")

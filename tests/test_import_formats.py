@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 import maskdiff
 from maskdiff.cli import main
 from maskdiff.errors import MaskdiffError
-from maskdiff.interop import import_checkpoint
+from maskdiff.interop.importer import import_checkpoint
 from maskdiff.interop.layout import Vocab
 
 transformers = pytest.importorskip("transformers")

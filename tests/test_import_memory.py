@@ -49,7 +49,7 @@ def test_a_2gb_checkpoint_imports_within_1_3x_its_size(tmp_path):
     assert weights > 2 * 1024**3
     code = (
         "import sys\n"
-        "from maskdiff.interop import import_checkpoint\n"
+        "from maskdiff.interop.importer import import_checkpoint\n"
         "import_checkpoint('llada', sys.argv[1], sys.argv[2])\n"
         "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
     )

@@ -11,7 +11,7 @@ import torch
 
 import maskdiff
 from maskdiff import assets
-from maskdiff.interop import import_checkpoint
+from maskdiff.interop.importer import import_checkpoint
 
 pytestmark = pytest.mark.slow
 TEXT = (
