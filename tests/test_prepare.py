@@ -279,7 +279,7 @@ def test_token_presets_and_their_autoregressive_twins():
         cfg = get_preset(name)
         assert cfg.data.format == "tokens" and f"ar-{name}" in PRESETS
         twin = get_preset(f"ar-{name}")
-        assert twin.model.causal and twin.diffusion.objective == "ar" and twin.data == cfg.data
+        assert twin.model.causal and twin.objective.name == "ar" and twin.data == cfg.data
     small = get_preset("md4-small")
     assert (small.model.n_layers, small.model.d_model, small.data.seq_len) == (12, 768, 1024)
     assert (get_preset("md4-medium").model.n_layers, get_preset("md4-medium").model.d_model) == (24, 1024)

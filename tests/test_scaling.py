@@ -130,7 +130,7 @@ def test_plan_spends_every_budget_within_one_percent(corpus_file, tmp_path, caps
     # the autoregressive family has the same shapes, made causal
     ar = plan_isoflops("ar", budgets, data=str(corpus_file))
     assert [(r.n_layers, r.d_model, r.steps) for r in ar.runs] == [(r.n_layers, r.d_model, r.steps) for r in plan.runs]
-    assert ar.run_config(ar.runs[0]).model.causal and ar.run_config(ar.runs[0]).diffusion.objective == "ar"
+    assert ar.run_config(ar.runs[0]).model.causal and ar.run_config(ar.runs[0]).objective.name == "ar"
 
 
 def one_line_error(capsys, argv: list[str], message: str) -> None:

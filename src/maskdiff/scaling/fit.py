@@ -31,6 +31,7 @@ import numpy as np
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives import OBJECTIVES
 from maskdiff.presets import parameter_count
 from maskdiff.scaling.family import FLOPS_FORMULA, training_flops
 from maskdiff.scaling.plan import MAX_BUDGET_ERROR, budget_label
@@ -324,7 +325,7 @@ def read_point(run_dir: Path) -> tuple[Point, dict]:
             f"run {run_dir} spent C = 6 N D = {spent:.3g} FLOPs, not its budget {budget:.3g} "
             "(launched with more processes or another batch?); fit only runs trained as planned"
         )
-    family = "ar" if cfg.diffusion.objective == "ar" else "mdm"
+    family = OBJECTIVES.get(cfg.objective.name).family
     return Point(family, budget, params, float(final["valid_bits"]), tokens, str(run_dir)), record["data"]
 
 
