@@ -308,8 +308,9 @@ class RunConfig:
         spelled: dict[str, str] = {}  # key as maskdiff names it -> as the user spelled it
         for item in overrides:
             try:
-                item = _respell(item, spelled)
-                _apply_override(raw, item, self)
+                item = _respell(item, spelled, raw)
+                if item:
+                    _apply_override(raw, item, self)
             except MaskdiffError as err:
                 problems.append(str(err).removeprefix("invalid config: "))
         try:
@@ -387,18 +388,22 @@ def _apply_override(raw: dict, item: str, cfg: RunConfig) -> None:
 _NOTED: set[str] = set()  # the old spellings already noted in this process
 
 
-def _respell(item: str, spelled: dict[str, str]) -> str:
-    """An override in the earlier ``diffusion.KEY=VALUE`` spelling as ``objective.KEY=VALUE``, noted once on stderr."""
+def _respell(item: str, spelled: dict[str, str], raw: dict) -> str:
+    """An override in the earlier ``diffusion.KEY=VALUE`` spelling as ``objective.KEY=VALUE``, noted
+    once on stderr; empty when the objective of ``raw`` has no such key (the earlier section
+    accepted it and the objective ignored it, so it is still ignored)."""
     key, sep, text = item.partition("=")
     section, _, name = key.strip().partition(".")
     if section != "diffusion" or name not in LEGACY_DIFFUSION_KEYS:
         return item
     new = f"objective.{LEGACY_DIFFUSION_KEYS[name]}"
     spelled[new] = key.strip()
+    used = name == "objective" or LEGACY_DIFFUSION_KEYS[name] in CHOSEN["objective"].section_type("objective", raw["objective"]).docs()
     if key.strip() not in _NOTED:
         _NOTED.add(key.strip())
-        print(f"maskdiff: note: {key.strip()} is now {new}; the old spelling goes in the next release", file=sys.stderr)
-    return f"{new}{sep}{text}"
+        ignored = "" if used else f" (objective {raw['objective'].get('name')} has none: ignored)"
+        print(f"maskdiff: note: {key.strip()} is now {new}{ignored}; the old spelling goes in the next release", file=sys.stderr)
+    return f"{new}{sep}{text}" if used else ""
 
 
 def upgrade_diffusion_section(raw: dict) -> dict:
