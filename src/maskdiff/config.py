@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskdiff import schedules
-from maskdiff.data import FORMATS
+from maskdiff.data import FORMATS, DataFormat, Modality
 from maskdiff.errors import MaskdiffError
 from maskdiff.nets import ARCHITECTURES, TransformerConfig, UNetConfig, UViTConfig
 from maskdiff.objectives import OBJECTIVES, ObjectiveSection
@@ -90,9 +89,14 @@ class DataConfig(Section):
     )
 
     @property
-    def modality(self) -> str:
-        """What the format declares its data to be: "text" or "image" (H*W*C sub-pixel tokens in 0..255)."""
-        return FORMATS.get(self.format).modality
+    def data_format(self) -> DataFormat:
+        """The registered format of ``data.format``: ask it what differs between formats."""
+        return FORMATS.get(self.format)
+
+    @property
+    def modality(self) -> Modality:
+        """What the format declares its data to be: text, or images (H*W*C sub-pixel tokens in 0..255)."""
+        return self.data_format.modality
 
     def problems(self) -> list[str]:
         out = []
@@ -100,17 +104,8 @@ class DataConfig(Section):
             out.append("data.seq_len must be >= 1")
         if self.format not in FORMATS:
             out.append(f"data.format must be one of {', '.join(FORMATS)}, not {self.format!r}")
-        elif self.format == "pairs" and len(self.eos) != 1:
-            out.append(f"data.format=pairs needs data.eos, the end-of-text character (exactly one character), not {self.eos!r}")
-        elif self.format != "pairs" and self.eos:
-            out.append("data.eos applies to data.format=pairs")
-        elif self.modality == "image":
-            if self.image_size < 1 or self.channels not in (1, 3, 4):
-                out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")
-            elif self.seq_len != self.image_size**2 * self.channels:
-                out.append(
-                    f"data.seq_len must be image_size * image_size * channels = {self.image_size**2 * self.channels} for images, not {self.seq_len}"
-                )
+        else:
+            out += self.data_format.problems(self)
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 out.append(f"data.{name} must be in (0, 0.5)")

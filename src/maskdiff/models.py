@@ -24,7 +24,7 @@ def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
     """
     name = cfg.model.architecture
     architecture = ARCHITECTURES.get(name)
-    if architecture.modality == "image" and cfg.data.modality != "image":
+    if not cfg.data.data_format.fits(architecture.modality):
         raise MaskdiffError(f"model.architecture={name} models images; set data.format to an image format")
     return architecture.build(cfg.model, vocab_size, cfg.data.image_size, cfg.data.channels)
 

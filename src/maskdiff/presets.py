@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from maskdiff.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
 from maskdiff.data.images import FASHION_MNIST_DIR
-from maskdiff.data.shards import is_prepared, read_meta
-from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
 
@@ -66,9 +63,6 @@ def text8() -> RunConfig:
         data=DataConfig(path="text8", seq_len=256, valid_fraction=0.05, test_fraction=0.05),
         train=md4_training(),
     )
-
-
-GPT2_VOCAB_SIZE = 50_257  # what token presets are counted with before their data is prepared
 
 
 def bpe_tiny() -> RunConfig:
@@ -295,12 +289,7 @@ def parameter_count(cfg: RunConfig, vocab_size: int | None = None) -> int:
     as scaling laws count N), counted on the meta device (nothing is allocated); ``vocab_size``
     defaults to the built-in corpus's characters for text models, the prepared folder's vocabulary
     for token models (GPT-2's until it is prepared) and 256 intensities for images."""
-    if vocab_size is not None:
-        vocab = vocab_size
-    elif cfg.data.format == "tokens":
-        vocab = read_meta(Path(cfg.data.path))["tokenizer"]["vocab_size"] if cfg.data.path and is_prepared(cfg.data.path) else GPT2_VOCAB_SIZE
-    else:
-        vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
+    vocab = vocab_size if vocab_size is not None else cfg.data.data_format.vocab_size(cfg.data)
     with torch.device("meta"):
         return build_model(cfg, vocab).num_parameters()
 

@@ -45,6 +45,16 @@ VERSION = 1
 SPLITS = ("train", "valid")
 
 
+GPT2_VOCAB_SIZE = 50_257  # what token presets are counted with before their data is prepared
+
+
+def planned_vocab_size(data_cfg) -> int:
+    """The vocabulary of a ``tokens`` DataConfig: its prepared folder's, or GPT-2's until it is prepared."""
+    if data_cfg.path and is_prepared(data_cfg.path):
+        return int(read_meta(Path(data_cfg.path))["tokenizer"]["vocab_size"])
+    return GPT2_VOCAB_SIZE
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """Little-endian uint16 where every id fits (at most 65,536 tokens), else uint32."""
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
@@ -61,8 +71,15 @@ def is_prepared(path: str | Path) -> bool:
 
 def read_meta(path: Path) -> dict:
     """The metadata of a prepared folder, with one-line errors for a missing or foreign folder."""
+    if path.is_file():  # a text file given where a prepared folder belongs: prepare it first
+        raise MaskdiffError(
+            f"{str(path)!r} is a file, not a folder written by `maskdiff prepare`: tokenize it with "
+            f"`maskdiff prepare --tokenizer gpt2 --data {path} --out DIR` and pass DIR"
+        )
     if not path.is_dir():
-        raise MaskdiffError(f"prepared data {str(path)!r} is not a folder (write one with `maskdiff prepare --out {path}`)")
+        raise MaskdiffError(
+            f"prepared data {str(path)!r} does not exist (write it with `maskdiff prepare --tokenizer gpt2 --data SOURCE --out {path}`)"
+        )
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except FileNotFoundError:

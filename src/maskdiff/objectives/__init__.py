@@ -40,10 +40,8 @@ class ObjectiveEntry:
 
 
 OBJECTIVES: Registry[ObjectiveEntry] = Registry("objective.name")
-OBJECTIVES.add("md4", ObjectiveEntry(MD4Config, lambda section, denoiser, vocab: MaskedDiffusion(denoiser, schedule=section.schedule, vocab_size=vocab)))
-OBJECTIVES.add(
-    "genmd4", ObjectiveEntry(GenMD4Config, lambda section, denoiser, vocab: GenMD4(denoiser, vocab, power_init=section.power_init, t1=section.t1))
-)
+OBJECTIVES.add("md4", ObjectiveEntry(MD4Config, lambda section, net, vocab: MaskedDiffusion(net, schedule=section.schedule, vocab_size=vocab)))
+OBJECTIVES.add("genmd4", ObjectiveEntry(GenMD4Config, lambda section, net, vocab: GenMD4(net, vocab, power_init=section.power_init, t1=section.t1)))
 OBJECTIVES.add("ar", ObjectiveEntry(AutoregressiveConfig, lambda section, denoiser, vocab: Autoregressive(denoiser, vocab), family="ar"))
 
 __all__ = [

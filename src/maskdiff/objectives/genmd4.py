@@ -31,7 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import BatchShard, Denoiser, DiffusionModel, ObjectiveSection, objective_name, mask_tokens, stratified_grid_times, sum_scored
+from maskdiff.objectives.base import (
+    BatchShard,
+    Denoiser,
+    DiffusionModel,
+    ObjectiveSection,
+    mask_tokens,
+    objective_name,
+    stratified_grid_times,
+    sum_scored,
+)
 from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
 from maskdiff.sections import option

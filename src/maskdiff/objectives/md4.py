@@ -12,7 +12,7 @@ import torch
 
 from maskdiff import schedules
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import Denoiser, DiffusionModel, ObjectiveSection, objective_name, discrete_grid_previous, masked_cross_entropy
+from maskdiff.objectives.base import Denoiser, DiffusionModel, ObjectiveSection, discrete_grid_previous, masked_cross_entropy, objective_name
 from maskdiff.schedules import ScheduleLike, resolve
 from maskdiff.sections import option
 
