@@ -135,6 +135,9 @@ class TrainConfig(Section):
     log_every: int = option(25, "steps between logged training metrics")
     eval_every: int = option(250, "steps between validation evaluations; 0 disables")
     eval_sequences: int = option(64, "validation sequences used by periodic evaluation")
+    final_eval_samples: int = option(
+        8, "Monte Carlo draws per sequence of the final validation bound on the whole split (an exact likelihood takes one)"
+    )
     checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = option(3, "how many recent checkpoints to keep")
     max_bad_steps: int = option(10, "stop after this many steps in a row with a non-finite loss or gradient")
@@ -148,7 +151,17 @@ class TrainConfig(Section):
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_sequences", "keep_checkpoints", "checkpoint_every", "max_bad_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "eval_sequences",
+            "final_eval_samples",
+            "keep_checkpoints",
+            "checkpoint_every",
+            "max_bad_steps",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1")
         for name in ("warmup_steps", "eval_every"):
@@ -341,6 +354,7 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.eval_every",
     "train.eval_sequences",
+    "train.final_eval_samples",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.max_bad_steps",

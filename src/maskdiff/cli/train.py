@@ -56,10 +56,9 @@ def report_training(result: TrainResult, command: str) -> int:
         return 0
     v = result.valid
     assert v is not None  # a run that was not stopped early ends with its validation bound
-    what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {result.steps} steps; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
+        f"done: {result.steps} steps; validation {v.estimator.quantity} {v.bits_figure(result.unit)} "
+        f"(perplexity {v.estimator.relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens, {v.how_estimated()}\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
