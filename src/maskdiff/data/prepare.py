@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from maskdiff.bpe import BPETokenizer, resolve_tokenizer, train_bpe
 from maskdiff.data.shards import FORMAT, META, SPLITS, TOKENIZER, VERSION, is_prepared, shard_name, token_dtype
 from maskdiff.data.text import built_in_documents, read_text
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, install_hint
 from maskdiff.integrity import file_digest
 
 BUILTIN = "builtin"  # the --data name of the built-in corpus
@@ -103,7 +103,7 @@ def import_datasets():
     try:
         import datasets
     except ImportError:
-        raise MaskdiffError("reading Hugging Face datasets needs the datasets package: pip install 'maskdiff[datasets]'") from None
+        raise MaskdiffError(f"reading Hugging Face datasets needs the datasets package: {install_hint('datasets')}") from None
     return datasets
 
 

@@ -35,7 +35,7 @@ from tokenizers import Tokenizer
 
 from maskdiff.bpe import BPETokenizer
 from maskdiff.data.splits import Splits
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.integrity import file_problem
 
 META = "prepared.json"
@@ -145,8 +145,8 @@ def read_prepared(path: str | Path, tokenizer=None) -> tuple[BPETokenizer, Token
     if tokenizer is not None and tokenizer != own:
         name = getattr(tokenizer, "name", getattr(tokenizer, "kind", "another"))
         raise MaskdiffError(
-            f"prepared data {str(path)!r} was tokenized with {own.name!r} ({own.vocab_size} tokens), not with this run's tokenizer "
-            f"({name!r}, {tokenizer.vocab_size} tokens); prepare it with the run's tokenizer (--tokenizer RUN_DIR)"
+            f"prepared data {str(path)!r} was tokenized with {own.name!r} ({plural(own.vocab_size, 'token')}), not with this run's tokenizer "
+            f"({name!r}, {plural(tokenizer.vocab_size, 'token')}); prepare it with the run's tokenizer (--tokenizer RUN_DIR)"
         )
     shards = {split: open_shards(path, meta, split) for split in SPLITS}
     valid = torch.from_numpy(np.concatenate(shards["valid"]).astype(np.int64))
@@ -184,7 +184,8 @@ class RandomWindows:
         if self.total == 0:
             longest = max((len(s) for s in shards), default=0)
             raise MaskdiffError(
-                f"no training shard holds a sequence of data.seq_len={seq_len} tokens (the longest has {longest}); use a smaller data.seq_len"
+                f"no training shard holds a sequence of data.seq_len={seq_len} tokens "
+                f"(the longest has {plural(longest, 'token')}); use a smaller data.seq_len"
             )
         self.ends = np.cumsum(windows)  # windows starts[i] .. ends[i]-1 lie in shard i
         self.starts = self.ends - windows

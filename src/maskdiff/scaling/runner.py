@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.metrics import read_metrics
 from maskdiff.scaling.plan import Plan, PlannedRun
 from maskdiff.training import train
@@ -126,7 +126,7 @@ def run_plan(
         status = run_status(run_dir, run.steps)
         if status == "unevaluated":
             raise MaskdiffError(
-                f"{run_dir} trained all {run.steps} steps but has no final validation in metrics.csv (stopped during it?); "
+                f"{run_dir} trained all {plural(run.steps, 'step')} but has no final validation in metrics.csv (stopped during it?); "
                 "remove the folder to train it again"
             )
         if on_start is not None:

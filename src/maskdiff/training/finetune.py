@@ -20,7 +20,7 @@ from pathlib import Path
 from maskdiff.checkpoint import checkpoint_step, has_weights, resolve_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data.pairs import read_pairs, split_files
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.tokenizer import CharTokenizer, load_tokenizer
 from maskdiff.training.loop import StartFrom, TrainResult, train
 
@@ -84,7 +84,7 @@ def finetune(
         hint = f"; characters of its vocabulary that the pairs never use: {', '.join(map(repr, unused[:12]))}" if unused else ""
         raise MaskdiffError(
             "--eos CHAR is needed: the end-of-text character that ends every response, one character of the source run's "
-            f"vocabulary (its {tokenizer.vocab_size} characters are fixed){hint}"
+            f"vocabulary (its {plural(tokenizer.vocab_size, 'character')} are fixed){hint}"
         )
     cfg = finetune_config(source, data, eos, overrides)
     which = "ema" if weights == "ema" and has_weights(source_checkpoint, "ema") else "model"  # a run without EMA: its raw weights

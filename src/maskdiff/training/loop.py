@@ -261,7 +261,7 @@ def _train(
                 bad_in_a_row = 0 if outcome.applied else bad_in_a_row + 1
                 if bad_in_a_row >= tc.max_bad_steps:
                     raise MaskdiffError(
-                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (up to step {state.step}); "
+                        f"{plural(bad_in_a_row, 'step')} in a row had a non-finite loss or gradient (up to step {state.step}); "
                         f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
                     )
                 step = state.step
