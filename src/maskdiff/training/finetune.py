@@ -74,8 +74,7 @@ def finetune(
         raise MaskdiffError(f"weights must be ema or raw, not {weights!r}")
     source_run, source_checkpoint = resolve_checkpoint(checkpoint)
     source = RunConfig.load(source_run / "config.json")
-    if source.data.modality != "text":
-        raise MaskdiffError(f"{source_run} models {source.data.modality}s; fine-tuning on prompt/response pairs needs a text run")
+    source.data.data_format.require_text(source_run, "fine-tuning on prompt/response pairs needs a text run")
     tokenizer = load_tokenizer(source_run / "tokenizer.json")
     if not isinstance(tokenizer, CharTokenizer):
         raise MaskdiffError(f"{source_run} has no character vocabulary; fine-tuning on prompt/response pairs needs a text run")
