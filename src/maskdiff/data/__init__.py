@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
@@ -27,7 +26,7 @@ from maskdiff.data.shards import planned_vocab_size, prepare_tokens, token_batch
 from maskdiff.data.splits import Splits, chunks
 from maskdiff.data.text import BUILT_IN_VOCAB_SIZE, prepare_text, read_text, text_batches
 from maskdiff.errors import MaskdiffError
-from maskdiff.registry import Registry
+from maskdiff.registry import Named, Registry
 from maskdiff.tokenizer import PixelTokenizer
 
 
@@ -41,7 +40,7 @@ class BatchStream(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class Modality(StrEnum):
+class Modality(Named):
     """What a format's tokens are: text (characters, tokens) or images (H*W*C sub-pixel tokens in 0..255)."""
 
     TEXT = "text"

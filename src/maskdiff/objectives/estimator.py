@@ -9,12 +9,11 @@ it prints and serialises to JSON as its name ("nelbo", "exact", "chain_rule").
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from maskdiff.errors import plural
+from maskdiff.registry import Named
 
 
-class Estimator(StrEnum):
+class Estimator(Named):
     NELBO = "nelbo"  # the Monte Carlo bound of a diffusion model: random, an upper bound on the NLL
     EXACT = "exact"  # an autoregressive model's exact negative log-likelihood
     CHAIN_RULE = "chain_rule"  # a diffusion model's exact likelihood of left-to-right unmasking
