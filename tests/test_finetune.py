@@ -330,3 +330,8 @@ def test_a_split_too_small_for_an_error_bar_is_named_and_nan_is_never_printed(pr
     assert result.valid.num_sequences == 1
     if preset == "ar-tiny":  # one exact value: no error bar at all, and it says so
         assert "no error bar" in out
+    # `maskdiff eval` on the one-example test split says so too, in one line
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "gives 1 sequence: too few for an error bar" in err
+    assert "nan" not in out.lower()

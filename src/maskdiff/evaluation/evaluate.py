@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -11,7 +12,7 @@ from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
 from maskdiff.data.pairs import encode_pairs, read_pairs
 from maskdiff.data.shards import is_prepared, read_prepared
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.evaluation.bound import evaluate_nelbo
 from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
 from maskdiff.evaluation.results import EvalResult
@@ -116,6 +117,11 @@ def evaluate_checkpoint(
         source = f"{run.config.data.path or 'built-in corpus'} ({shown} split)"
     sequences = sequences[:max_sequences]
     masks = None if masks is None else masks[:max_sequences]
+    if len(sequences) < 2 and distributed.launched_rank() == 0:
+        print(
+            f"maskdiff: warning: {source} gives {plural(len(sequences), 'sequence')}: too few for an error bar that covers how sequences differ",
+            file=sys.stderr,
+        )
     dtype = resolve_precision(precision, dev)
     if chain_rule:
         result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)
