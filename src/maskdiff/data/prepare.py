@@ -338,7 +338,8 @@ def write_folder(
     documents = dict.fromkeys(SPLITS, 0)
     eot = np.array([bpe.eot_id], dtype=np.int64)
     index = 0
-    with tqdm(total=count, desc="prepare", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with tqdm(total=count, desc="prepare", unit="doc", disable=None if progress else True, dynamic_ncols=True) as bar:
         for batch in batched(all_documents(sources)):
             for ids in bpe.encode_batch(batch):
                 tokens = np.concatenate([np.asarray(ids, dtype=np.int64), eot])

@@ -66,7 +66,8 @@ def evaluate_nelbo(
     per_sequence = torch.zeros(num, samples, dtype=torch.float64)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), tqdm(total=len(mine), desc="eval", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=len(mine), desc="eval", disable=None if progress else True, leave=False) as bar:
         for k, b in mine:
             start = starts[b]
             batch = sequences[start : start + batch_size].to(device)

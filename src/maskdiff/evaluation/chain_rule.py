@@ -72,7 +72,8 @@ def chain_rule_log_likelihood(
     if hasattr(model, "eval"):
         model.eval()
     total = num * length
-    with torch.no_grad(), tqdm(total=total, desc="chain rule", unit="token", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=total, desc="chain rule", unit="token", disable=None if progress else True, leave=False) as bar:
         for start in range(0, total, batch_size):
             pair = torch.arange(start, min(start + batch_size, total), device=device)
             n, i = pair // length, pair % length  # sequence and position of each input

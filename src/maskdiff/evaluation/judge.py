@@ -181,7 +181,8 @@ def judge_nll(judge: Judge, texts: list[str], batch_size: int = 8, progress: boo
     pieces.sort(key=len)  # similar lengths together: less padding
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with torch.no_grad(), tqdm(total=len(pieces), desc="judge", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=len(pieces), desc="judge", disable=None if progress else True, leave=False) as bar:
         for b in range(0, len(pieces), batch_size):
             batch = pieces[b : b + batch_size]
             longest = max(map(len, batch))

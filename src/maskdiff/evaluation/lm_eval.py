@@ -147,7 +147,7 @@ class MaskdiffLM(LM):
         return -total / self.mc_samples, greedy
 
     def _requests(self, requests, name: str):
-        return tqdm(requests, desc=name, disable=not self.progress, leave=False)
+        return tqdm(requests, desc=name, disable=None if self.progress else True, leave=False)  # None: no bar in a log
 
     def _warn_dropped(self) -> None:
         if self.dropped:
