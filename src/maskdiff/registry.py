@@ -20,6 +20,8 @@ class Named(str, Enum):
     """A closed set of names (modalities, estimators) whose members are their names: equal to,
     printed and serialised to JSON as the plain string (``enum.StrEnum``, which Python 3.10 lacks)."""
 
+    __hash__ = str.__hash__  # a member finds what its plain name keys (Python 3.10 hashes an Enum by its member name)
+
     def __str__(self) -> str:
         return str(self.value)
 
