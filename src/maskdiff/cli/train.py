@@ -84,7 +84,7 @@ def cmd_finetune(args) -> int:
     overrides += [f"data.path={args.data}"] if args.data is not None else []
     overrides += [f"data.eos={args.eos}"] if args.eos is not None else []
     cfg = RunConfig.load(run_dir / "config.json").with_overrides(overrides)
-    if cfg.data.format != "pairs":
+    if not cfg.data.data_format.padded_examples:
         raise MaskdiffError(f"{run_dir} is not a fine-tuning run (its data format is {cfg.data.format}); continue it with maskdiff train --resume")
     check_resume_config(run_dir, cfg)
     if args.checkpoint is not None:
