@@ -143,7 +143,7 @@ def test_a_tied_llama_folder_imports_as_the_autoregressive_model(tmp_path):
     word_tokenizer(words(n), src)
     import_checkpoint("hf", src, tmp_path / "run")
     run = maskdiff.load(tmp_path / "run", precision="fp32")
-    assert run.config.model.causal and run.config.model.tie_embeddings and run.config.diffusion.objective == "ar"
+    assert run.config.model.causal and run.config.model.tie_embeddings and run.config.objective.name == "ar"
     ids = torch.randint(0, n, (2, 10))
     with torch.no_grad():
         expected = ref(ids).logits
@@ -216,7 +216,7 @@ def test_smdm_gives_the_logits_of_its_own_block(tmp_path, diffusion):
         import_checkpoint("smdm", file, tmp_path / "no-heads", tokenizer=str(tok))
     import_checkpoint("auto", file, tmp_path / "run", tokenizer=str(tok), overrides=[f"model.n_heads={heads}"])
     run = maskdiff.load(tmp_path / "run", precision="fp32")
-    assert run.config.diffusion.objective == ("md4" if diffusion else "ar") and run.mask_id == n
+    assert run.config.objective.name == ("md4" if diffusion else "ar") and run.mask_id == n
     ids = torch.randint(0, n + diffusion, (2, 12))  # maskdiff's mask id is n
     source_ids = ids.masked_fill(ids == n, padded)  # the checkpoint's mask row is its last (32000 in SMDM's)
     expected = smdm_logits(state, source_ids, heads, causal=not diffusion)[..., :n]

@@ -80,7 +80,7 @@ def test_the_options_are_checked_and_an_old_config_loads_with_the_earlier_networ
     with pytest.raises(MaskdiffError, match="n_kv_heads"):
         RunConfig().with_overrides(["model.n_kv_heads=3"])
     with pytest.raises(MaskdiffError, match="shift_logits is for bidirectional"):
-        RunConfig().with_overrides(["model.causal=true", "model.shift_logits=true", "diffusion.objective=ar"])
+        RunConfig().with_overrides(["model.causal=true", "model.shift_logits=true", "objective.name=ar"])
     old = RunConfig().to_dict()
     for key in ("n_kv_heads", "mlp_hidden", "norm_eps", "qkv_bias", "tie_embeddings", "padded_vocab", "shift_logits"):
         del old["model"][key]

@@ -42,7 +42,8 @@ def test_every_old_config_file_loads_and_builds(name):
     for key in cfg.objective.docs():
         if key != "name":
             assert getattr(cfg.objective, key) == old[key]
-    assert vars(cfg.model) == raw["model"]
+    assert {key: vars(cfg.model)[key] for key in raw["model"]} == raw["model"]  # fields added since take their defaults
+    assert all(vars(cfg.model)[key] == getattr(type(cfg.model)(), key) for key in set(vars(cfg.model)) - set(raw["model"]))
     assert vars(cfg.data) == raw["data"] and {key: vars(cfg.train)[key] for key in raw["train"]} == raw["train"]
     with torch.device("meta"):
         build_model(cfg, 50)

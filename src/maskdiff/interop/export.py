@@ -78,7 +78,7 @@ def export_hf(run: str | Path, out: str | Path, shard_bytes: int = SHARD_BYTES) 
             "architectures": ["MaskdiffModel"],
             "vocab_size": vocab,
             "mask_token_id": loaded.model.mask_id,
-            "objective": loaded.config.diffusion.objective,
+            "objective": loaded.config.objective.name,
             "maskdiff": loaded.config.to_dict(),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -105,7 +105,7 @@ def model_card(loaded, run: Path) -> str:
     lines = [
         f"# {loaded.run_dir.name}",
         "",
-        f"A maskdiff model: objective `{cfg.diffusion.objective}`, a {cfg.model.architecture} of "
+        f"A maskdiff model: objective `{cfg.objective.name}`, a {cfg.model.architecture} of "
         f"{params / 1e6:.2f}M non-embedding parameters, vocabulary {loaded.tokenizer.vocab_size:,} (mask id {loaded.model.mask_id}).",
         "",
         "## Training",
