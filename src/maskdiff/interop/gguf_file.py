@@ -21,7 +21,7 @@ import torch
 
 from maskdiff.errors import MaskdiffError, install_hint
 from maskdiff.interop.layout import Vocab, transformer_fields
-from maskdiff.interop.source import ImportSource
+from maskdiff.interop.source import AUTOREGRESSIVE, ImportSource
 from maskdiff.interop.tokenizers import bpe_tokenizer, gguf_tokenizer_json, read_tokenizer_json
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -122,7 +122,7 @@ def read_gguf(path: Path, tokenizer: str | None, settings: dict[str, str]) -> Im
     bos = int(field(reader, "tokenizer.ggml.bos_token_id", path))
     seq_len = min(int(field(reader, f"{arch}.context_length", path, DEFAULT_CONTEXT)), DEFAULT_CONTEXT)
     about = {"architecture": arch, "quantisation": sorted({t.tensor_type.name for t in reader.tensors})}
-    return ImportSource("gguf", model, "ar", seq_len, Vocab(tok.vocab_size, None, bos), tok, weights, shapes, names, torch.float32, about)
+    return ImportSource("gguf", model, AUTOREGRESSIVE, seq_len, Vocab(tok.vocab_size, None, bos), tok, weights, shapes, names, torch.float32, about)
 
 
 def dequantised(tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pathlib import Path
 from maskdiff.errors import MaskdiffError
 from maskdiff.interop.layout import Vocab, transformer_fields
 from maskdiff.interop.safetensors_files import SafetensorsFiles
-from maskdiff.interop.source import ImportSource, storage_dtype
+from maskdiff.interop.source import AUTOREGRESSIVE, MASKED_DIFFUSION, ImportSource, storage_dtype
 from maskdiff.interop.tokenizers import bpe_tokenizer, read_tokenizer_json, without_mask
 
 CAUSAL_TYPES = ("llama", "qwen2", "mistral")
@@ -117,7 +117,7 @@ def read_hf(folder: Path, tokenizer: str | None, settings: dict[str, str]) -> Im
     tok = bpe_tokenizer(raw, folder.name)
     vocab = Vocab(tok.vocab_size, None, int(bos))
     dtype = files.dtype(names["embed"]) if names["embed"] in files else None
-    return ImportSource("hf", model, "ar", context(config), vocab, tok, weights, shapes, names, storage_dtype(dtype), {"model_type": kind})
+    return ImportSource("hf", model, AUTOREGRESSIVE, context(config), vocab, tok, weights, shapes, names, storage_dtype(dtype), {"model_type": kind})
 
 
 def read_dream(folder: Path, tokenizer: str | None, settings: dict[str, str]) -> ImportSource:
@@ -135,5 +135,15 @@ def read_dream(folder: Path, tokenizer: str | None, settings: dict[str, str]) ->
     tok = bpe_tokenizer(raw, folder.name)
     dtype = files.dtype(names["embed"]) if names["embed"] in files else None
     return ImportSource(
-        "dream", model, "md4", context(config), Vocab(size, mask_id), tok, weights, shapes, names, storage_dtype(dtype), {"mask_token_id": mask_id}
+        "dream",
+        model,
+        MASKED_DIFFUSION,
+        context(config),
+        Vocab(size, mask_id),
+        tok,
+        weights,
+        shapes,
+        names,
+        storage_dtype(dtype),
+        {"mask_token_id": mask_id},
     )

@@ -38,7 +38,7 @@ def run_config(source: ImportSource, overrides: Sequence[str]) -> RunConfig:
     raw = {
         "preset": f"import-{source.format}",
         "model": source.model,
-        "objective": {"name": source.objective} | ({"schedule": "linear"} if source.objective == "md4" else {}),
+        "objective": source.objective,
         "data": {"seq_len": source.seq_len},
     }
     return RunConfig.from_dict(raw).with_overrides(list(overrides))

@@ -17,7 +17,7 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.interop.hf import context, from_names, need, read_config
 from maskdiff.interop.layout import Vocab, transformer_fields
 from maskdiff.interop.safetensors_files import SafetensorsFiles
-from maskdiff.interop.source import ImportSource, storage_dtype
+from maskdiff.interop.source import MASKED_DIFFUSION, ImportSource, storage_dtype
 from maskdiff.interop.tokenizers import bpe_tokenizer, read_tokenizer_json, without_mask
 
 PREFIX = "model.transformer."
@@ -70,4 +70,6 @@ def read_llada(folder: Path, tokenizer: str | None, settings: dict[str, str]) ->
     tok = bpe_tokenizer(raw, folder.name)
     seq_len = context({"max_position_embeddings": config.get("max_sequence_length")})
     dtype = storage_dtype(files.dtype(names["embed"]) if names["embed"] in files else None)
-    return ImportSource("llada", model, "md4", seq_len, Vocab(size, mask_id), tok, weights, shapes, names, dtype, {"mask_token_id": mask_id})
+    return ImportSource(
+        "llada", model, MASKED_DIFFUSION, seq_len, Vocab(size, mask_id), tok, weights, shapes, names, dtype, {"mask_token_id": mask_id}
+    )

@@ -24,7 +24,7 @@ import torch
 from maskdiff.errors import MaskdiffError
 from maskdiff.interop.layout import Vocab, transformer_fields
 from maskdiff.interop.safetensors_files import SafetensorsFiles
-from maskdiff.interop.source import ImportSource, storage_dtype
+from maskdiff.interop.source import AUTOREGRESSIVE, MASKED_DIFFUSION, ImportSource, storage_dtype
 from maskdiff.interop.tokenizers import bpe_tokenizer, read_tokenizer_json
 
 # (layers, width) -> heads of SMDM's Diff_LLaMA_* configurations (all multi-head: one query per key/value head)
@@ -94,9 +94,9 @@ def read_smdm(path: Path, tokenizer: str | None, settings: dict[str, str]) -> Im
             raise MaskdiffError("the autoregressive SMDM model reads <s> before the first token, and this tokenizer has none")
         vocab = Vocab(tok.vocab_size, None, bos)
     dtype = storage_dtype(files.dtype("transformer.wte.weight"))
-    kind = "md4" if diffusion else "ar"
+    objective = MASKED_DIFFUSION if diffusion else AUTOREGRESSIVE
     return ImportSource(
-        "smdm", model, kind, CONTEXT, vocab, tok, weights, shapes, names, dtype, {"kind": "MDM" if diffusion else "ARM", "heads": heads}
+        "smdm", model, objective, CONTEXT, vocab, tok, weights, shapes, names, dtype, {"kind": "MDM" if diffusion else "ARM", "heads": heads}
     )
 
 

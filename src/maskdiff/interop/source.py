@@ -9,6 +9,11 @@ import torch
 from maskdiff.bpe import BPETokenizer
 from maskdiff.interop.layout import LlamaWeights, Vocab
 
+# the objective sections of imported models: SMDM, LLaDA and Dream train masked diffusion with the
+# linear schedule (the 1/t weighting); causal LMs are autoregressive
+MASKED_DIFFUSION = {"name": "md4", "schedule": "linear"}
+AUTOREGRESSIVE = {"name": "ar"}
+
 
 @dataclass
 class ImportSource:
@@ -16,7 +21,7 @@ class ImportSource:
 
     format: str  # smdm, llada, dream, hf, gguf
     model: dict  # the model section's fields
-    objective: str  # "md4" (a diffusion model) or "ar" (autoregressive)
+    objective: dict  # the objective section's fields: MASKED_DIFFUSION or AUTOREGRESSIVE
     seq_len: int  # the run's data.seq_len: the context its samples and scores use by default
     vocab: Vocab
     tokenizer: BPETokenizer
