@@ -100,6 +100,7 @@ class SizeResult:
     timed_steps: int
     phases_ms: dict[str, float] = field(default_factory=dict)  # mean wall-clock ms per phase (CPU only)
     warmup_s: float = 0.0  # the untimed warm-up steps (compiling, when compiled)
+    device_busy: float | None = None  # GPU only: share of a step's wall time the device runs kernels (torch.profiler)
 
 
 @dataclass
@@ -164,6 +165,22 @@ def peak_matmul_size(cfg, device: torch.device) -> int:
     return max(512, cfg.model.mlp_ratio * cfg.model.d_model)
 
 
+def device_busy_share(run: Callable[[], object], device: torch.device) -> float:
+    """The share of ``run()``'s wall time the GPU spends in kernels and copies (torch.profiler's device
+    time over the wall time of an unprofiled call): well below 1, the GPU waits for the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        _sync(device)
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / wall
+
+
 class PhaseTimer:
     """Wall-clock seconds per phase of a step (meaningful on a CPU, where every op is synchronous)."""
 
@@ -218,13 +235,17 @@ def bench_size(
 ) -> SizeResult:
     """Time the training step of one size at one precision in ``mode`` (eager, compiled); ``peaks``
     caches matmul peaks by (precision, n)."""
+    if mode == "compiled":
+        torch._dynamo.reset()  # a fresh model: no earlier size's graphs count towards the recompile limit
     step, batches, state, cfg = training_step(size, precision, batch, seq_len, overrides, device, compiled=mode == "compiled")
     m = cfg.model
     n = peak_matmul_size(cfg, device)
     if (precision, n) not in peaks:
         wait_for_quiet(timing.wait_quiet)
         repeats = GPU_PEAK_REPEATS if device.type == "cuda" else 1
-        peaks[(precision, n)] = matmul_peak(n, torch.bfloat16 if precision == "bf16" else torch.float32, device, min(0.5, max(timing.min_time, 0.05)), repeats)
+        peaks[(precision, n)] = matmul_peak(
+            n, torch.bfloat16 if precision == "bf16" else torch.float32, device, min(0.5, max(timing.min_time, 0.05)), repeats
+        )
     warm = time.perf_counter()
     # compiled: the first step compiles, the second once more (the network's rotary table, cached
     # by the first, changes what the graph guards on)
@@ -260,6 +281,7 @@ def bench_size(
     flops = state.model.flops_per_token(cfg.data.seq_len)
     achieved = tokens_per_s * flops / 1e9
     phases = {name: 1e3 * sum(r[2][name] for r in used) / len(used) for name in PHASES} if device.type == "cpu" else {}
+    busy = device_busy_share(lambda: [step(batches[i % len(batches)]) for i in range(3)], device) if device.type == "cuda" else None
     return SizeResult(
         size=size,
         precision=precision,
@@ -279,6 +301,7 @@ def bench_size(
         timed_steps=len(records),
         phases_ms=phases,
         warmup_s=warmup_s,
+        device_busy=busy,
     )
 
 
@@ -327,7 +350,8 @@ def bench_train(
 # ---------------------------------------------------------------------------- reporting
 def format_table(bench: TrainBenchmark) -> str:
     """The results as a text table, with the machine and what the columns mean."""
-    headers = ["size", "params", "shape", "prec", "mode", "batch x seq", "clean/timed", "warm-up s", "step ms", "tokens/s", "MFLOP/tok", "GFLOP/s", "peak (n)", "MFU"]
+    headers = ["size", "params", "shape", "prec", "mode", "batch x seq", "clean/timed", "warm-up s", "step ms", "tokens/s", "MFLOP/tok", "GFLOP/s"]
+    headers += ["peak (n)", "MFU"]
     rows = [
         [
             r.size,
@@ -347,13 +371,18 @@ def format_table(bench: TrainBenchmark) -> str:
         ]
         for r in bench.results
     ]
+    if any(r.device_busy is not None for r in bench.results):  # a GPU: how much of a step the device works
+        headers.append("GPU busy")
+        for row, r in zip(rows, bench.results):
+            row.append("" if r.device_busy is None else f"{r.device_busy:.0%}")
     lines = [f"{bench.cpu} | {bench.device}, {bench.threads} thread(s) | torch {bench.torch}", ""]
     lines += _table(headers, rows)
     lines += [
         "",
         "AdamW + clipping + EMA; tiny, 5M and 25M with time conditioning. MFLOP/tok: forward + backward, 6 per non-embedding",
         "weight plus 12 n_layers L d for attention; peak: fastest n x n matmul in the same precision on the same threads (on a",
-        "GPU, n = 8192); MFU = GFLOP/s / peak. compiled: the loss under torch.compile; warm-up s: the untimed first steps (compiling).",
+        "GPU, n = 8192); MFU = GFLOP/s / peak. compiled: the loss under torch.compile; warm-up s: the untimed first steps (compiling);",
+        "GPU busy: kernel time over wall time of three steps (torch.profiler): well under 100%, the GPU waits for the host.",
     ]
     with_phases = [r for r in bench.results if r.phases_ms]
     if with_phases:
