@@ -75,7 +75,8 @@ def add_bench_parser(sub: Subcommands) -> None:
         help="training tokens/s and model FLOPs utilisation",
         description="Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
         "training uses), then the training step (AdamW, clipping, EMA, time conditioning on for tiny, 5M and 25M; random "
-        "tokens) of each size, eager and with --compile also compiled: tokens/s, FLOPs per token (forward + backward, attention included), GFLOP/s and MFU = achieved / peak. "
+        "tokens) of each size, eager and with --compile also compiled: tokens/s, FLOPs per token (forward + backward, "
+        "attention included), GFLOP/s and MFU = achieved / peak (on a GPU: against 8192^3 matmuls, with the GPU's busy share). "
         "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
         "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures.",
     )
