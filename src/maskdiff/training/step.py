@@ -39,10 +39,11 @@ def no_marks(name: str) -> contextlib.AbstractContextManager[Any]:
 
 
 class CompiledLoss:
-    """A training module's loss under ``torch.compile``: one graph per input shape (``dynamic=False``).
+    """A training module's loss under ``torch.compile``, compiled once per input shape (``dynamic=False``).
 
-    The transformer denoiser and the loss after it compile into one graph; the masking-noise draws,
-    which take an explicit ``torch.Generator``, run eagerly between graphs. Where compiling fails
+    The transformer denoiser and the loss after it compile into one graph (no graph break inside
+    the network); the masking-noise draws, which take an explicit ``torch.Generator``, run eagerly
+    between graphs. Where compiling fails
     (no backend or compiler for the device, an unsupported operation), one warning is printed and
     the eager module computes this and every later loss, from the same noise.
     """
@@ -110,8 +111,8 @@ def train_step(
     (nats per token), or with a loss mask summed and divided by the number of scored tokens,
     under bf16 autocast when ``precision`` is ``torch.bfloat16``. ``model`` is
     the module that computes the loss: ``state.model`` (the default, also when FSDP-sharded), a
-    DistributedDataParallel wrapper of it, or either under :func:`compile_loss`; gradients are reduced across processes once, on the
-    last micro-batch. ``ctx`` is this process's place in a ``torchrun`` job (None: a single process).
+    DistributedDataParallel wrapper of it, or either under :func:`compile_loss`; gradients are
+    reduced across processes once, on the last micro-batch. ``ctx`` is this process's place in a ``torchrun`` job (None: a single process).
 
     Under ``torchrun`` every process gets the whole micro-batch (all processes' rows) and computes
     the loss of its own rows, with the noise drawn for all of them (:class:`BatchShard`); its loss
