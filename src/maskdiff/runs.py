@@ -23,6 +23,7 @@ from maskdiff.checkpoint import LoadedRun, load_run
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.text import generate_from_run
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
+from maskdiff.objectives import Estimator
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Run:
         ids = self.encode(text)
         if ids.numel() == 0:
             raise MaskdiffError("nothing to score: the text is empty")
-        draws = 1 if self.model.estimator == "exact" else mc_samples
+        draws = Estimator(self.model.estimator).draws(mc_samples)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         total = torch.zeros(draws, dtype=torch.float64)
         seq_len = self.config.data.seq_len
@@ -125,8 +126,7 @@ class Run:
         return Score(nats, nats / per_bit, stderr / per_bit, ids.numel(), self.model.estimator)
 
     def _need_text(self) -> None:
-        if self.config.data.modality != "text":
-            raise MaskdiffError(f"{self.loaded.run_dir} models {self.config.data.modality}s; use maskdiff.generation.generate_images or run.model")
+        self.config.data.data_format.require_text(self.loaded.run_dir, "use maskdiff.generation.generate_images or run.model")
 
 
 def load(path: str | Path, weights: str = "ema", device: str = "auto", precision: str = "auto") -> Run:

@@ -190,7 +190,7 @@ def generate_images(
     dev = resolve_device(device)
     run = load_run(checkpoint, weights=weights, device=dev)
     data = run.config.data
-    if data.modality != "image":
+    if not data.data_format.is_image:
         raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
     size, channels, mask_id = data.image_size, data.channels, run.model.mask_id
     if num_samples < 1:

@@ -40,7 +40,7 @@ class Part:
 
 def completion_jobs(served: Served, req: CompletionRequest, sink: Sink) -> list[Job]:
     """One job per prompt, checked; a 400 :class:`RequestError` names the field at fault."""
-    if served.modality != "text":
+    if not served.run.config.data.data_format.is_text:
         raise RequestError("this run models images: completions are for text runs; use /api/sample or /api/sample/stream", param="prompt")
     if req.logprobs:
         raise RequestError("logprobs: not available (a masked diffusion model has no per-token log-probabilities of its draws)", param="logprobs")
