@@ -1,9 +1,10 @@
 """The batching worker: a bounded queue of jobs and one thread that runs the network.
 
-Requests become :class:`Job` s. A sampling job carries its rows' conditioning (``given``,
-``labels``) and their random-stream seeds (:func:`maskdiff.sampling.stream_seeds`), so the worker
-can sample the rows of several compatible jobs (equal :attr:`Job.key`: the same length, steps
-and sampler options) as one batch through :func:`maskdiff.generation.run_sampler` and every row
+Requests become :class:`Job` s. A sampling job carries a :class:`~maskdiff.sampling.SamplingRequest`:
+its rows' conditioning (``given``, ``labels``), their random-stream seeds
+(:func:`maskdiff.sampling.stream_seeds`) and the options, so the worker can sample the rows of
+several compatible jobs (equal :attr:`Job.key`: the same length, steps and sampler options) as
+one batch through :func:`maskdiff.generation.run_sampler` and every row
 still draws exactly the numbers it would draw alone. Other work (scoring a text) runs alone.
 
 The worker runs in its own thread, so the event loop serving HTTP stays responsive; it hands
@@ -26,7 +27,7 @@ import torch
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.frontend import run_sampler
 from maskdiff.objectives import Objective
-from maskdiff.sampling import SamplerOptions, Step
+from maskdiff.sampling import SamplingRequest, Step, combine
 from maskdiff.serve.limits import Limits
 from maskdiff.serve.requests import RequestError
 
@@ -76,16 +77,10 @@ class Failed:
 
 @dataclass(eq=False)  # a job is itself: compared by identity (its fields hold tensors)
 class Job:
-    """One unit of work for the worker: rows to sample (``length``, ``steps``, ``options``) or ``work`` to call."""
+    """One unit of work for the worker: rows to sample (``request``, with its own stream seeds) or ``work`` to call."""
 
     sink: Sink
-    rows: int = 0
-    length: int = 0
-    steps: int = 0
-    options: SamplerOptions | None = None
-    given: torch.Tensor | None = None  # [rows, length]
-    labels: torch.Tensor | None = None  # [rows]
-    seeds: torch.Tensor | None = None  # [rows] stream seeds
+    request: SamplingRequest | None = None
     watch: bool = False  # send every intermediate state
     work: Callable[[], Any] | None = None  # instead of sampling: called alone in the worker thread
     tag: Any = None  # the request's own bookkeeping
@@ -94,9 +89,13 @@ class Job:
     @property
     def key(self) -> Hashable | None:
         """Jobs with equal keys can share a batch; None runs alone."""
-        if self.work is not None:
+        if self.request is None:
             return None
-        return (self.length, self.steps, repr(self.options), self.given is None, self.labels is None)
+        return self.request.key()
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.request is None else self.request.rows
 
 
 @dataclass
@@ -218,15 +217,11 @@ class Engine:
         job.sink.put(Done(job, None, 0, time.perf_counter() - start, value))
 
     def _sample(self, batch: list[Job]) -> None:
-        first = batch[0]
-        assert first.options is not None
         spans, row = [], 0
         for job in batch:
             spans.append((row, row + job.rows))
             row += job.rows
-        given = None if first.given is None else torch.cat([job.given for job in batch if job.given is not None])
-        labels = None if first.labels is None else torch.cat([job.labels for job in batch if job.labels is not None])
-        seeds = torch.cat([job.seeds for job in batch if job.seeds is not None])
+        request = combine([job.request for job in batch if job.request is not None])
         start = time.perf_counter()
 
         def on_step(step: Step) -> None:
@@ -238,19 +233,7 @@ class Engine:
                     job.sink.put(State(job, step.index, step.total, step.nfe, elapsed, step.z[a:b].cpu().clone()))
 
         try:
-            result = run_sampler(
-                self.model,
-                row,
-                first.length,
-                first.steps,
-                first.options,
-                given=given,
-                labels=labels,
-                seeds=seeds,
-                device=self.device,
-                dtype=self.dtype,
-                on_step=on_step,
-            )
+            result = run_sampler(self.model, request, device=self.device, dtype=self.dtype, on_step=on_step)
         except Stopped:
             self.stats.stopped_batches += 1
             return
