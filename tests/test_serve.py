@@ -30,7 +30,7 @@ from test_images import write_blob_dataset
 from tiny_run import train_tiny
 
 import maskdiff
-from maskdiff.sampling import SamplerOptions
+from maskdiff.sampling import SamplerOptions, SamplingRequest
 from maskdiff.serve import Limits, create_app
 from maskdiff.serve.app import listen
 from maskdiff.serve.engine import Done, Engine, Job, State
@@ -347,7 +347,8 @@ def test_a_batch_nobody_waits_for_stops_at_its_next_step(text_run):
             if isinstance(item, State):
                 job.cancelled = True
 
-    job = Job(LeaveAfterFirstState(), rows=1, length=16, steps=50, options=SamplerOptions(), seeds=torch.zeros(1, dtype=torch.long), watch=True)
+    request = SamplingRequest(1, 16, 50, SamplerOptions(), seeds=torch.zeros(1, dtype=torch.long))
+    job = Job(LeaveAfterFirstState(), request, watch=True)
     engine._sample([job])
     assert len(seen) == 1 and engine.stats.stopped_batches == 1 and engine.stats.batches == 0
     assert not any(isinstance(item, Done) for item in seen)

@@ -4,7 +4,7 @@ holds them with the chosen rule's own.
 ``SamplerOptions(method="remdm", eta=0.2, top_p=0.9)`` takes every option by its name: the shared
 ones are the fields of :class:`CommonOptions`, the rule's are the fields of its ``Options``
 dataclass (:mod:`maskdiff.sampling.rules`). A name no rule declares, or an option of another rule
-set to something other than its default, is an :class:`~maskdiff.sampling.options.OptionError`
+that is off by default (0) set to something else, is an :class:`~maskdiff.sampling.options.OptionError`
 naming it. Earlier spellings keep working for one release with a ``DeprecationWarning``:
 ``cache=False`` is ``recompute=True``.
 """
@@ -102,7 +102,9 @@ class SamplerOptions(CommonOptions):
         own = set(rule.option_names())
         defaults = rule_defaults()
         for name, value in values.items():
-            if name in readers and name not in own and value != defaults[name]:
+            # an option that is off by default (0) but set for a rule that never reads it; one with a
+            # value by default (threshold, t_on) may be given to any rule and is ignored
+            if name in readers and name not in own and not defaults[name] and value != defaults[name]:
                 rules = readers[name]
                 raise OptionError(name, f"{{{name}}} applies to the {' and '.join(rules)} rule{'s' if len(rules) > 1 else ''}")
         super().__init__(method=method, **{k: v for k, v in values.items() if k in common_names})
