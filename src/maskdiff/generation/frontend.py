@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +54,42 @@ def run_sampler(
                 if on_step is not None:
                     on_step(step)
     return Sampled(step, time.perf_counter() - start)
+
+
+@dataclass
+class TokenLogprobs:
+    """Log-probabilities of the tokens of final states [N, L] (see :func:`token_logprobs`)."""
+
+    chosen: torch.Tensor  # [N, L] float64, nan where not known (given positions of a diffusion model)
+    top_ids: torch.Tensor | None = None  # [N, L, k] the k most likely tokens at each position
+    top_values: torch.Tensor | None = None  # [N, L, k] their log-probabilities
+
+
+def token_logprobs(model: Objective, final: Step, top: int = 0) -> TokenLogprobs:
+    """The log-probability of each token of a finished sample, and of the ``top`` most likely
+    alternatives where the model has them.
+
+    An autoregressive model's are exact: log p(x_i | x_<i) under the model's own next-token
+    distribution (temperature 1, no top-k/top-p), from one pass over the finished rows. A masked
+    diffusion model has no such chain: its figure for a token is the log-probability of the value
+    it drew under the prediction at the step that revealed it (after temperature, top-k and
+    top-p), recorded by the sampler (:attr:`maskdiff.sampling.Step.logprobs`); it keeps no
+    alternatives, so ``top`` > 0 is refused.
+    """
+    if model.left_to_right:
+        causal: Any = model  # an autoregressive objective: predict(inputs) and shift_right(x0)
+        with torch.no_grad():
+            scores = causal.predict(causal.shift_right(final.z)).double().log_softmax(-1)
+        chosen = scores.gather(-1, final.z.unsqueeze(-1)).squeeze(-1)
+        if not top:
+            return TokenLogprobs(chosen)
+        values, ids = scores.topk(top, dim=-1)
+        return TokenLogprobs(chosen, ids, values)
+    if top:
+        raise MaskdiffError("a masked diffusion model records the log-probability of each token it reveals, not of the alternatives")
+    if final.logprobs is None:
+        raise MaskdiffError("this model's sampler records no log-probabilities")
+    return TokenLogprobs(final.logprobs)
 
 
 def available_memory(device: torch.device | None) -> int | None:

@@ -70,6 +70,10 @@ class Step:
     revealed: torch.Tensor | None = None  # [N, L] bool: positions revealed by this step
     remasked: torch.Tensor | None = None  # [N, L] bool: positions masked again by this step (remasking rules)
     stats: SamplerStats = field(default_factory=lambda: SamplerStats())  # counts so far
+    # [N, L] float64: each revealed token's log-probability under the prediction it was drawn from
+    # (after temperature, top-k and top-p; at temperature 0 the model's own) at the step that
+    # revealed it; nan where masked or given. None: the model does not record them.
+    logprobs: torch.Tensor | None = None
 
     @property
     def tokens_per_evaluation(self) -> float:
@@ -189,7 +193,9 @@ def iterate(
         cache = BlockCache(kv, options.kv_cache, options.refresh, num_samples, length, device)
     total = sum(block_steps for _, _, block_steps in plan)
     index, stats = 0, SamplerStats()
-    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool), stats=stats)
+    # each revealed token's log-probability under the prediction at the step that revealed it (nan: masked or given)
+    logprobs = torch.full(z.shape, math.nan, dtype=torch.float64, device=device)
+    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool), stats=stats, logprobs=logprobs)
     for block, (start, end, block_steps) in enumerate(plan):
         scope = torch.zeros(length, dtype=torch.bool, device=device)
         scope[start:end] = True
@@ -204,11 +210,12 @@ def iterate(
             p_reveal, p_remask = rule.transition(alphas[i], alphas[i + 1], float(grid[i]), float(grid[i + 1]))
             last = i == block_steps - 1
             context = StepInput(z == mask_id, z, p_reveal, p_remask, scope, prompt, last, i)
-            z, revealed, remasked = reverse_step(z, float(times[i]), context, rule, options, denoise, streams, all_rows, mask_id, cache)
+            z, revealed, remasked, chance = reverse_step(z, float(times[i]), context, rule, options, denoise, streams, all_rows, mask_id, cache)
+            logprobs = torch.where(revealed, chance.log(), logprobs if remasked is None else logprobs.masked_fill(remasked, math.nan))
             if options.truncate_after_eos and options.eos_id is not None and last:
                 z = fill_after_eos(z, options.eos_id) if block == len(plan) - 1 else finish_rows(z, options.eos_id, mask_id)
             stats = SamplerStats(stats.reveals + int(revealed.sum()), denoise.evaluations, denoise.full_calls)
-            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed, remasked, stats)
+            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed, remasked, stats, logprobs)
 
 
 @dataclass
@@ -236,14 +243,15 @@ def reverse_step(
     all_rows: torch.Tensor,
     mask_id: int,
     cache: BlockCache | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One reverse step from time t: the rule picks the rows to run, the positions to reveal and
     those to mask again.
 
     z [N, L]; the step's reveal chance ``context.p_reveal`` is a 0-d tensor or one per token value
     [V]. On a block cache the rows run either the whole sequence or the block's window; the
     positions of a window row are decided on the block's columns only.
-    -> (new z, revealed positions [N, L] bool, remasked positions [N, L] bool or None)
+    -> (new z, revealed positions [N, L] bool, remasked positions [N, L] bool or None, the revealed
+    tokens' probabilities [N, L] float64 under the prediction they were drawn from)
     """
     n, length = z.shape
     masked = context.is_mask & context.scope
@@ -262,6 +270,7 @@ def reverse_step(
     if rows.numel():
         passes = list(cache.passes(rows, context.index)) if cache is not None else [(rows, None)]
     values, reveal = z, torch.zeros_like(masked)
+    chance = torch.ones(z.shape, dtype=torch.float64, device=z.device)
     for group, cached in passes:
         logits = denoise(z, group, t, cached)
         columns, offset = slice(None), 0
@@ -278,10 +287,11 @@ def reverse_step(
         reveal[:, columns] |= chosen
         values = values.clone() if values is z else values
         values[:, columns] = torch.where(chosen, prediction.values, values[:, columns])
+        chance[:, columns] = torch.where(chosen, prediction.confidence.to(chance.dtype), chance[:, columns])
     z = torch.where(reveal, values, z)
     if remask is not None:
         z = torch.where(remask, mask_id, z)
-    return z, reveal, remask
+    return z, reveal, remask, chance
 
 
 def restrict(step: StepContext, rows: torch.Tensor, columns: slice) -> StepContext:

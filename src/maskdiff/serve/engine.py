@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.generation.frontend import run_sampler
+from maskdiff.generation.frontend import TokenLogprobs, run_sampler, token_logprobs
 from maskdiff.objectives import Objective
 from maskdiff.sampling import SamplingRequest, Step, combine
 from maskdiff.serve.limits import Limits
@@ -67,6 +67,7 @@ class Done:
     nfe: int
     seconds: float
     value: Any = None
+    logprobs: TokenLogprobs | None = None  # of the final rows, when the job asked for them
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Job:
     sink: Sink
     request: SamplingRequest | None = None
     watch: bool = False  # send every intermediate state
+    logprobs: int | None = None  # also the tokens' log-probabilities, with this many alternatives each
     work: Callable[[], Any] | None = None  # instead of sampling: called alone in the worker thread
     tag: Any = None  # the request's own bookkeeping
     cancelled: bool = False
@@ -232,8 +234,10 @@ class Engine:
                 if job.watch and not job.cancelled:
                     job.sink.put(State(job, step.index, step.total, step.nfe, elapsed, step.z[a:b].cpu().clone()))
 
+        asked = [job.logprobs for job in batch if job.logprobs is not None]
         try:
             result = run_sampler(self.model, request, device=self.device, dtype=self.dtype, on_step=on_step)
+            scores = token_logprobs(self.model, result.final, max(asked)) if asked else None
         except Stopped:
             self.stats.stopped_batches += 1
             return
@@ -247,4 +251,13 @@ class Engine:
         self.stats.rows += row
         self.stats.largest_batch = max(self.stats.largest_batch, row)
         for job, (a, b) in zip(batch, spans):
-            job.sink.put(Done(job, result.final.z[a:b].cpu(), result.final.nfe, result.seconds))
+            mine = None
+            if scores is not None and job.logprobs is not None:
+                top = job.logprobs
+                ids, values = scores.top_ids, scores.top_values
+                mine = TokenLogprobs(
+                    scores.chosen[a:b].cpu(),
+                    None if ids is None else ids[a:b, :, :top].cpu(),
+                    None if values is None else values[a:b, :, :top].cpu(),
+                )
+            job.sink.put(Done(job, result.final.z[a:b].cpu(), result.final.nfe, result.seconds, logprobs=mine))
