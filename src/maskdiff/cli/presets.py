@@ -1,0 +1,25 @@
+"""`maskdiff presets`: the named configs, or every value of one."""
+
+from __future__ import annotations
+
+from maskdiff.cli.common import Subcommands
+from maskdiff.presets import PRESETS, get_preset, parameter_count
+
+
+def cmd_presets(args) -> int:
+    if args.show is None:
+        width = max(map(len, PRESETS))
+        print(f"{'preset':{width}s}  {'params':>7s}  (network without input embedding; text: the built-in corpus's characters)")
+        for name, fn in PRESETS.items():
+            print(f"{name:{width}s}  {parameter_count(fn()) / 1e6:6.2f}M  {(fn.__doc__ or '').strip()}")
+        return 0
+    for name, section in get_preset(args.show).sections().items():
+        for key, doc in section.docs().items():
+            print(f"{name}.{key} = {getattr(section, key)!r}  # {doc}")
+    return 0
+
+
+def add_presets_parser(sub: Subcommands) -> None:
+    p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
+    p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")
+    p.set_defaults(handler=cmd_presets)
