@@ -17,6 +17,7 @@ from maskdiff.cli import bench, data, evaluate, presets, sample, scaling, serve,
 from maskdiff.cli.common import EXIT_ERROR, Parser
 from maskdiff.errors import MaskdiffError
 from maskdiff.hardware import choose_threads
+from maskdiff.sampling.flags import OptionError, flag_message
 
 
 def build_parser() -> Parser:
@@ -36,7 +37,8 @@ def build_parser() -> Parser:
 
 
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    text = flag_message(err) if isinstance(err, OptionError) else str(err)  # a sampler option named by its flag
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,35 +11,11 @@ from maskdiff.cli.common import Subcommands, add_threads
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation import generate_images, generate_text, join_samples
 from maskdiff.generation.frontend import check_output_path
-from maskdiff.sampling import CACHE_MODES, GRIDS, REMASK_SCHEDULES, RULES
+from maskdiff.sampling import RULES
+from maskdiff.sampling.flags import add_option_flags, option_values
 
 TEXT_ONLY = ("prompt", "infill", "eos", "length")
 IMAGE_ONLY = ("label", "inpaint", "scale")
-
-
-def _rule_options(args) -> dict:
-    """The sampler options that text and image runs share, from the sample subcommand's flags."""
-    return {
-        "method": args.method,
-        "grid": args.grid,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "tokens_per_step": args.tokens_per_step,
-        "threshold": args.threshold,
-        "block_size": args.block_size,
-        "cfg": args.cfg,
-        "cache": not args.no_cache,
-        "kv_cache": args.cache,
-        "refresh": args.refresh,
-        "factor": args.factor,
-        "max_tokens_per_step": args.max_tokens_per_step,
-        "eta": args.eta,
-        "remask": args.remask,
-        "t_on": args.t_on,
-        "t_off": args.t_off,
-        "alpha_on": args.alpha_on,
-    }
 
 
 def _sample_images(args) -> int:
@@ -61,7 +37,7 @@ def _sample_images(args) -> int:
         weights=args.weights,
         precision=args.precision,
         progress=not args.quiet,
-        **_rule_options(args),
+        **option_values(args),
     )
     print(f"sample grid: {gen.path}")
     if gen.steps_path is not None:
@@ -107,9 +83,8 @@ def _sample_text(args) -> int:
         precision=args.precision,
         progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
-        min_length=args.min_length,
         **cut,
-        **_rule_options(args),
+        **option_values(args),
     )
     output = join_samples(gen.texts)
     print(output)  # first, so that a late failure to write --output loses nothing
@@ -142,34 +117,11 @@ def add_sample_parser(sub: Subcommands) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
-    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256; autoregressive runs: one per token, so ignored)")
-    p.add_argument("--method", choices=RULES.names(), default="ancestral", help="which positions to reveal each step (default ancestral)")
-    p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
-    p.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens only (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="draw from the smallest set of tokens holding this probability")
-    p.add_argument("--tokens-per-step", type=int, default=0, help="low_confidence/random: reveal this many per step")
-    p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: reveal tokens at least this likely")
-    p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive blocks of this many tokens (0: off)")
-    p.add_argument(
-        "--cache",
-        choices=CACHE_MODES,
-        default="none",
-        help="with --block-size, a KV cache: prefix keeps the decoded blocks' keys/values, dual also the later masked blocks' (default none)",
-    )
-    p.add_argument("--refresh", type=int, default=0, metavar="N", help="with --cache: a full pass every N steps (0: at block starts only)")
-    p.add_argument("--factor", type=float, default=1.0, metavar="F", help="factor rule: reveal the n most confident while (n+1)(1-p_n) < F")
-    p.add_argument("--max-tokens-per-step", type=int, default=0, metavar="N", help="threshold/factor rules: at most N tokens per step (0: no cap)")
-    p.add_argument("--eta", type=float, default=0.0, help="remdm rule: remasking strength in [0, 1] (0: the ancestral sampler)")
-    p.add_argument("--remask", choices=REMASK_SCHEDULES, default="cap", help="remdm rule: remasking schedule (default cap)")
-    p.add_argument("--t-on", type=float, default=0.55, help="remdm loop: alpha is held constant for times in [t-off, t-on] (default 0.55)")
-    p.add_argument("--t-off", type=float, default=0.05, help="remdm loop: end of the window (default 0.05)")
-    p.add_argument("--alpha-on", type=float, default=0.9, help="remdm loop: the alpha held in the window (default 0.9)")
+    add_option_flags(p.add_argument_group("sampler options (each also a field of POST /v1/completions)"))
     p.add_argument(
         "--prompt", metavar="TEXT", action="append", help="fixed beginning of every sample; repeated: one sample per prompt (sample i: seed + i)"
     )
     p.add_argument("--infill", metavar="TEMPLATE", help="text with [[N]] where N tokens are to be generated, e.g. 'To be, or [[12]] to be'")
-    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt or --label (default 0: off)")
     p.add_argument("--label", type=int, metavar="N", help="images: sample class N (class-conditional runs)")
     p.add_argument("--inpaint", metavar="IMAGE", help="images: PNG/JPEG file whose --keep region every sample keeps")
     p.add_argument(
@@ -181,12 +133,6 @@ def add_sample_parser(sub: Subcommands) -> None:
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument(
         "--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence (default: a fine-tuned run's own, else none)"
-    )
-    p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="call the network in every step, even when nothing is revealed (autoregressive runs: no KV cache; for block decoding see --cache)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")
