@@ -87,6 +87,7 @@ class Run:
         steps: int = STEPS.default,
         prompt: str | Sequence[str] | None = None,
         seed: int | Sequence[int] = 0,
+        eos: str | None = None,
         label: int | None = None,
         pil: bool = False,
         **options,
@@ -96,14 +97,15 @@ class Run:
         block_size, kv_cache, refresh, eta, ...: :func:`maskdiff.sampling.every_option`).
 
         A list of prompts (of any lengths) gives one text per prompt, and a list of seeds one seed
-        per text: each text is then what it is alone with its prompt and seed.
+        per text: each text is then what it is alone with its prompt and seed. ``eos`` is an
+        end-of-text token (one token of text) at which the texts end (default: a fine-tuned run's own).
 
         An image run gives ``n`` images instead: a uint8 tensor [n, H, W, C] (``pil``: a list of
         PIL images), of class ``label`` for a class-conditional run (``cfg`` guides towards it).
         """
         if self.config.data.modality == "image":
-            if length is not None or prompt is not None:
-                raise MaskdiffError("length and prompt are for text runs; an image run samples whole images")
+            if length is not None or prompt is not None or eos is not None:
+                raise MaskdiffError("length, prompt and eos are for text runs; an image run samples whole images")
             if not isinstance(seed, int):
                 raise MaskdiffError("an image run takes one seed for all its images")
             request = plan_images(self.loaded, n, steps, seed, label, **options)
@@ -113,7 +115,7 @@ class Run:
             raise MaskdiffError("label and pil are for image runs; this run models text")
         if n == 1 and prompt is not None and not isinstance(prompt, str):
             n = len(prompt)
-        return generate_from_run(self.loaded, n, length, steps, seed, prompt, None, None, self.device, self.dtype, **options).texts
+        return generate_from_run(self.loaded, n, length, steps, seed, prompt, None, eos, self.device, self.dtype, **options).texts
 
     def infill(self, template: str, n: int = 1, steps: int = STEPS.default, seed: int = 0, **options) -> list[str]:
         """``n`` completions of an infill template, text with ``[[N]]`` where N tokens are to be generated."""

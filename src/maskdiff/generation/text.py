@@ -206,6 +206,7 @@ def plan_text(
     mask_id = run.model.mask_id
     if eos is None and run.config.data.eos:
         eos = run.config.data.eos
+    if eos is not None:  # the samples end at the end of text
         sampler_options.setdefault("truncate_after_eos", True)
     length = run.config.data.seq_len if length is None else length
     if length < 1:

@@ -23,7 +23,7 @@ from maskdiff.serve.requests import MAX_SEED, OPTION_NAMES, RequestError, Sample
 
 # request fields an error message may start by naming: every sampler option, and the text and image fields
 FIELDS = (*OPTION_NAMES, "infill", "prompt", "label")
-BODY_NAMES = {"num_samples": "n"}  # the library's names of request fields whose body names differ
+BODY_NAMES = {"num_samples": "n", "eos_id": "eos"}  # the library's names of request fields whose body names differ
 
 
 @dataclass
@@ -59,7 +59,7 @@ def as_request_error(err: MaskdiffError, param: str | None = None) -> RequestErr
     :class:`~maskdiff.sampling.OptionError` names, else ``param``, else the field its message starts with."""
     if isinstance(err, OptionError):
         field = BODY_NAMES.get(err.field, err.field)
-        return RequestError(err.render(lambda name: BODY_NAMES.get(name, name)), param=param or field)
+        return RequestError(err.render(lambda name: BODY_NAMES.get(name, name)), param=param or field, code="invalid_value")
     message = str(err)
     if param is None:  # the objectives' own refusals (an autoregressive run and a reveal rule) name the option first
         param = next((name for name in FIELDS if message.startswith(name) or f" {name} " in message[:40]), None)
@@ -84,7 +84,7 @@ def check_sampling(served: Served, req: SamplerFields, sequences: int) -> int:
 def text_plan(served: Served, req: SamplerFields, length: int | None, prompt: str | None, infill: str | None, param: str) -> TextPlan:
     """:func:`maskdiff.generation.text.plan_text` with its errors as 400s (``param`` names the text field)."""
     try:
-        plan = plan_text(served.run.loaded, length, prompt, infill, None, **req.sampler_options())
+        plan = plan_text(served.run.loaded, length, prompt, infill, req.eos, **req.sampler_options())
     except OptionError as err:
         raise as_request_error(err) from None
     except MaskdiffError as err:  # the text itself: a prompt too long, a template without a slot

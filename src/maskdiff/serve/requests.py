@@ -52,6 +52,7 @@ class RequestFields(Strict):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted: a fresh one")
     n: int = Field(1, ge=1, description="sequences per prompt")
     infill: str | None = Field(None, description="a template with [[N]] where N tokens are generated")
+    eos: str | None = Field(None, description="an end-of-text token (one token of text): texts end there (default: a fine-tuned run's own)")
 
     def sampler_options(self) -> dict:
         """The sampler options this request sets (those it leaves out keep their defaults)."""

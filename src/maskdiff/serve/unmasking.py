@@ -23,9 +23,9 @@ def sample_job(served: Served, req: SampleRequest, sink: Sink, watch: bool) -> J
     """The one job of a sample request, checked; a 400 :class:`RequestError` names the field at fault."""
     seed = check_sampling(served, req, req.n)
     if served.modality == "image":
-        for name in ("prompt", "infill", "length"):
+        for name in ("prompt", "infill", "length", "eos"):
             if getattr(req, name) is not None:
-                raise RequestError(f"{name}: this run models images (prompts, templates and lengths are for text runs)", param=name)
+                raise RequestError(f"{name}: this run models images (prompts, templates, lengths and ends of text are for text runs)", param=name)
         try:
             options = SamplerOptions(**req.sampler_options())
             labels = image_labels(served.run.loaded, req.n, req.label, options)
