@@ -145,8 +145,8 @@ def generate_from_run(
     plans = [plan_text(run, length, text, infill, eos, **sampler_options) for text in prompts]
     plan = plans[0]  # the prompts change only the given rows: every plan has the same length and options
     request = plan.request(num_samples, steps, seed, [p.given for p in plans] if len(plans) > 1 else None)
-    warn_beyond_training(run, plan.length)
     check_memory(run, request, device)
+    warn_beyond_training(run, plan.length)
 
     def show(step: Step) -> None:
         if on_step is not None:
