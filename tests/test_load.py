@@ -96,7 +96,7 @@ def test_an_image_run_samples_from_python(tmp_path):
     expected = generate_images(tmp_path / "run", 3, 6, seed=2, label=1, cfg=1.0, precision="fp32", output=tmp_path / "grid.png")
     assert torch.equal(images, torch.from_numpy(expected.images))
     pictures = run.sample(3, steps=6, seed=2, label=1, cfg=1.0, pil=True)
-    assert [p.size for p in pictures] == [(8, 8)] * 3 and torch.equal(torch.from_numpy(np.asarray(pictures[0])), images[0, ..., 0])
+    assert [p.size for p in pictures] == [(8, 8)] * 3 and torch.equal(torch.from_numpy(np.array(pictures[0])), images[0, ..., 0])
     with pytest.raises(MaskdiffError, match="label 5 is out of range"):
         run.sample(1, steps=2, label=5)
     with pytest.raises(MaskdiffError, match="for text runs"):
