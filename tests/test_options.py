@@ -177,7 +177,9 @@ def test_earlier_spellings_keep_working_for_one_release(run_dir, capsys):
     with pytest.warns(DeprecationWarning, match="'cache' is now 'recompute'"):
         assert SamplerOptions(cache=False).recompute is True
     rule = SamplerOptions(method="remdm", eta=0.1, remask="loop").rule()
-    assert rule.mode == "loop" and rule.schedule == "loop"
+    assert rule.mode == "loop"
+    with pytest.warns(DeprecationWarning, match="Remasking.schedule is now Remasking.mode"):
+        assert rule.schedule == "loop"
     base = ["sample", "--checkpoint", str(run_dir), "--num-samples", "1", "--length", "12", "--steps", "4", "--quiet"]
     assert main([*base, "--no-cache"]) == 0
     old_out, err = capsys.readouterr()

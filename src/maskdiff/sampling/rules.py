@@ -25,6 +25,7 @@ Shapes: N rows (samples) of L positions over V token values.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -435,6 +436,7 @@ class Remasking(Ancestral):
     @property
     def schedule(self) -> str:
         """The earlier name of :attr:`mode`, kept for one release (``schedule`` elsewhere is alpha(t))."""
+        warnings.warn("Remasking.schedule is now Remasking.mode", DeprecationWarning, stacklevel=2)
         return self.mode
 
     def in_loop(self, t: float) -> bool:
