@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from maskdiff.checkpoint import run_modality
 from maskdiff.cli.common import Subcommands, add_threads
@@ -64,8 +63,6 @@ def _sample_text(args) -> int:
         for text in texts:
             print(text, file=sys.stderr)
 
-    # a fine-tuned run cuts at its own end of text without --eos
-    cut: dict[str, Any] = {"truncate_after_eos": True} if args.eos is not None else {}
     prompts = args.prompt or []
     if len(prompts) > 1 and args.num_samples not in (None, len(prompts)):
         raise MaskdiffError(f"{len(prompts)} prompts with --num-samples {args.num_samples}: several prompts give one sample each")
@@ -83,7 +80,6 @@ def _sample_text(args) -> int:
         precision=args.precision,
         progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
-        **cut,
         **option_values(args),
     )
     output = join_samples(gen.texts)

@@ -16,7 +16,7 @@ so :meth:`Autoregressive.nelbo` is the exact negative log-likelihood of the whol
 
 Generation (:meth:`Autoregressive.iterate`) decodes left to right, one token per network call:
 the prompt in one pass, then each new token on the KV cache (``forward_cached``), or, with
-``cache=False``, recomputing the whole prefix every step (same tokens; for tests and the
+``recompute=True``, recomputing the whole prefix every step (same tokens; for tests and the
 benchmark benchmarks/ar_generation.py).
 """
 
