@@ -17,8 +17,8 @@ import maskdiff
 from maskdiff.cli import main
 from maskdiff.generation import split_samples
 from maskdiff.sampling import RULES, STEPS, CommonOptions, OptionError, SamplerOptions, every_option
-from maskdiff.sampling.flags import add_option_flags, flag_message, option_values
-from maskdiff.sampling.options import declared
+from maskdiff.sampling.flags import add_option_flags, flag_message, flag_of, option_values
+from maskdiff.sampling.options import declared, spelled
 from maskdiff.serve import create_app
 from maskdiff.serve.requests import SamplerFields
 
@@ -160,13 +160,15 @@ def test_flags_fields_and_info_are_generated_from_the_declarations(http):
     fields = SamplerFields.model_fields
     for item, rules in every_option():
         action, option = actions[item.name], item.option
-        assert item.flag in action.option_strings and option.doc.replace("%", "%%") in action.help
+        assert item.flag in action.option_strings and spelled(option.doc, flag_of).replace("%", "%%") in action.help
         assert all(rule in action.help for rule in rules)
-        assert fields[item.name].default == option.default and fields[item.name].description == option.doc
-        assert info[item.name]["default"] == option.default and info[item.name]["doc"] == option.doc
+        assert fields[item.name].default == option.default and fields[item.name].description == spelled(option.doc)
+        assert info[item.name]["default"] == option.default and info[item.name]["doc"] == spelled(option.doc)
         assert info[item.name]["rules"] == (list(rules) or None)
     assert info["eta"]["range"] == "in [0, 1]" and info["top_p"]["range"] == "in (0, 1]" and info["method"]["choices"] == list(RULES.names())
     assert actions["steps"].default == STEPS.default
+    assert "(needs --block-size)" in actions["kv_cache"].help and "[--t-off, --t-on]" in actions["t_on"].help  # no Python names on the CLI
+    assert "(needs block_size)" in info["kv_cache"]["doc"]
     # only what was given is read back, so another rule's option left alone is no error
     assert option_values(parser.parse_args(["--method", "remdm", "--eta", "0.4", "--top-p", "0.8"])) == {"method": "remdm", "eta": 0.4, "top_p": 0.8}
     internal = [item.name for item in declared(CommonOptions) if item.option.internal]

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from maskdiff.sampling.options import Declared, OptionError, declared
+from maskdiff.sampling.options import Declared, OptionError, declared, spelled
 from maskdiff.sampling.settings import STEPS, CommonOptions, every_option
 
 
@@ -23,7 +23,7 @@ def help_text(item: Declared, rules: tuple[str, ...]) -> str:
     prefix = f"{' and '.join(rules)} rule{'s' if len(rules) > 1 else ''}: " if rules else ""
     default = item.option.default
     shown = "" if isinstance(default, bool) else f" (default {default})"
-    return (prefix + item.option.doc + shown).replace("%", "%%")
+    return (prefix + spelled(item.option.doc, flag_of) + shown).replace("%", "%%")
 
 
 class _Deprecated(argparse.Action):

@@ -39,7 +39,12 @@ class OptionError(MaskdiffError):
 
     def render(self, spell: Callable[[str], str]) -> str:
         """The message with every option named by ``spell(name)`` (e.g. a flag)."""
-        return self.template.format_map(_Spelled(spell))
+        return spelled(self.template, spell)
+
+
+def spelled(template: str, spell: Callable[[str], str] = lambda name: name) -> str:
+    """``template`` with every ``{name}`` written as ``spell(name)`` (messages and docs name options this way)."""
+    return template.format_map(_Spelled(spell))
 
 
 class _Spelled(dict):
@@ -64,6 +69,7 @@ class Option:
     may be a function (the registered rules are read when asked). ``flag`` is the option's name
     for the user where it differs from the field's (``eos_id`` is set by ``--eos``); ``internal``
     options are set by a front from other input, never a flag or request field of their own.
+    ``doc`` names other options as ``{name}`` (each front spells them its way, :func:`spelled`).
     ``aliases`` are other flag spellings that keep working; ``deprecated`` ones also print a
     one-line note that names the current flag (they go after one release).
     """

@@ -226,9 +226,9 @@ REMASK_SCHEDULES = REMASK_MODES  # the earlier name, kept for one release
 class RemaskingOptions(OptionGroup):
     eta: float = Option(0.0, "remasking strength (0: the ancestral sampler)", minimum=0, maximum=1).field()
     remask: str = Option("cap", "how the remasking chance sigma is chosen", choices=REMASK_MODES).field()
-    t_on: float = Option(0.55, "loop mode: alpha is held constant for grid times in [t_off, t_on]", above=0, below=1).field()
+    t_on: float = Option(0.55, "loop mode: alpha is held constant for grid times in [{t_off}, {t_on}]", above=0, below=1).field()
     t_off: float = Option(0.05, "loop mode: the end of that window", above=0, below=1).field()
-    alpha_on: float = Option(0.9, "loop mode: the alpha held in the window (reached at t_on)", above=0, below=1).field()
+    alpha_on: float = Option(0.9, "loop mode: the alpha held in the window (reached at {t_on})", above=0, below=1).field()
 
     def relations(self) -> list[OptionError]:
         if not self.t_off < self.t_on:

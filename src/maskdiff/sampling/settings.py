@@ -38,12 +38,12 @@ class CommonOptions(OptionGroup):
     cfg: float = Option(0.0, "classifier-free guidance weight w towards the prompt or label: u + (w + 1)(c - u) (0: off)", metavar="W").field()
     kv_cache: str = Option(
         "none",
-        "block decoding on a KV cache (needs block_size): prefix keeps the decoded blocks' keys/values, dual also the later masked blocks'",
+        "block decoding on a KV cache (needs {block_size}): prefix keeps the decoded blocks' keys/values, dual also the later masked blocks'",
         choices=CACHE_MODES,
         aliases=("--cache",),
     ).field()
     refresh: int = Option(
-        0, "with kv_cache: a full pass over the sequence every N steps of a block (0: at block starts only)", minimum=0, metavar="N"
+        0, "with {kv_cache}: a full pass over the sequence every N steps of a block (0: at block starts only)", minimum=0, metavar="N"
     ).field()
     recompute: bool = Option(
         False,
@@ -52,7 +52,9 @@ class CommonOptions(OptionGroup):
         deprecated=("--no-cache",),
     ).field()
     min_length: int = Option(0, "no end-of-text token before this position (needs an end-of-text token)", minimum=0, metavar="N").field()
-    eos_id: int | None = Option(None, "the end-of-text token id, for min_length and truncate_after_eos", minimum=0, flag="eos", internal=True).field()
+    eos_id: int | None = Option(
+        None, "the end-of-text token id, for {min_length} and {truncate_after_eos}", minimum=0, flag="eos", internal=True
+    ).field()
     truncate_after_eos: bool = Option(False, "fill every position after the first end of text with it", internal=True).field()
 
     def relations(self) -> list[OptionError]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from maskdiff.sampling import STEPS, every_option
-from maskdiff.sampling.options import Declared
+from maskdiff.sampling.options import Declared, spelled
 
 DEFAULT_STEPS = 64  # reverse-process steps when a request names none
 MAX_SEED = 2**63 - 1
@@ -42,7 +42,7 @@ def option_field(item: Declared, default: Any = None) -> tuple[Any, Any]:
     option = item.option
     bounds: dict[str, Any] = {"ge": option.minimum, "le": option.maximum, "gt": option.above, "lt": option.below}
     bounds = {k: v for k, v in bounds.items() if v is not None}
-    return item.kind, Field(option.default if default is None else default, description=option.doc, **bounds)
+    return item.kind, Field(option.default if default is None else default, description=spelled(option.doc), **bounds)
 
 
 class RequestFields(Strict):
@@ -80,7 +80,7 @@ def options_info() -> dict:
         out[item.name] = {
             "type": kinds[item.kind],
             "default": option.default,
-            "doc": option.doc,
+            "doc": spelled(option.doc),
             "choices": list(option.allowed() or []) or None,
             "range": option.range_text(),
             "rules": list(rules) or None,
