@@ -51,7 +51,7 @@ class CommonOptions(OptionGroup):
         "runs recompute the prefix instead of using their KV cache (the same samples, slower; for checking)",
         deprecated=("--no-cache",),
     ).field()
-    min_length: int = Option(0, "no end-of-text token before this position (needs an end-of-text token)", minimum=0, metavar="N").field()
+    min_length: int = Option(0, "no end-of-text token before this position (needs {eos_id})", minimum=0, metavar="N").field()
     eos_id: int | None = Option(
         None, "the end-of-text token id, for {min_length} and {truncate_after_eos}", minimum=0, flag="eos", internal=True
     ).field()
