@@ -1,12 +1,18 @@
 """The command line end to end, its help texts, and one-line errors for bad input."""
 
+import argparse
+import ast
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import maskdiff.cli
 from maskdiff.cli import build_parser, main
+from maskdiff.cli.evaluate import LIKELIHOOD, REVERSE_CURSE, SAMPLES
 
 SMALL = [
     "--set",
@@ -235,3 +241,135 @@ def test_sample_bad_input_is_a_clear_error(trained, capsys):
     for extra, message in cases:
         code, _, err = run(capsys, *base, *extra)
         assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, (extra, err)
+
+
+# ------------------------------------------------------------------ the package's shape
+CLI = Path(maskdiff.cli.__file__).parent
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 80
+
+
+def test_no_cli_module_over_300_lines_and_no_function_over_80():
+    modules = sorted(CLI.glob("*.py"))
+    assert {m.stem for m in modules} >= {"__init__", "common", "train", "sample", "evaluate", "data", "scaling", "bench", "serve", "presets"}
+    for module in modules:
+        source = module.read_text(encoding="utf-8")
+        assert len(source.splitlines()) <= MAX_MODULE_LINES, module.name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None and node.end_lineno - node.lineno + 1 <= MAX_FUNCTION_LINES, f"{module.name}: {node.name}"
+
+
+def leaf_parsers():
+    """(command words, parser) of every command that runs a handler, nested ones included."""
+
+    def walk(words, parser):
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands:
+            yield words, parser
+        for action in commands:
+            for name, child in action.choices.items():
+                yield from walk([*words, name], child)
+
+    return list(walk([], build_parser()))
+
+
+def test_every_command_reads_typed_inputs_made_of_its_own_flags():
+    leaves = leaf_parsers()
+    assert len(leaves) == 13  # 8 commands, bench's 2 benchmarks, scaling's 3 steps
+    for words, parser in leaves:
+        declared = parser.get_default("inputs")
+        assert declared is not None, words
+        dests = {a.dest for a in parser._actions}
+        for cls in declared if isinstance(declared, tuple) else (declared,):
+            assert dataclasses.is_dataclass(cls), words
+            made = {f.name for f in dataclasses.fields(cls)} - {"rule_options", "limits"}  # made from several flags
+            assert made <= dests, (words, made - dests)
+
+
+@pytest.mark.parametrize("words", [w for w, _ in leaf_parsers()], ids=" ".join)
+def test_every_command_and_step_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*words, "--help"])
+    assert exit_info.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def imports_torch(*argv: str) -> tuple[bool, subprocess.CompletedProcess]:
+    """Whether `python -m maskdiff ARGV` imports torch (seen in the subprocess's sys.modules), and the process."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['maskdiff', *{list(argv)!r}]\n"
+        "try:\n    runpy.run_module('maskdiff', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    return proc.stderr.splitlines()[-1] == "TORCH", proc
+
+
+# the commands whose flags do not come from the sampler's rules (sample, bench generate) or the
+# scaling package (its FLOP formula and size family are read from maskdiff.scaling)
+LIGHT = [[], ["train"], ["finetune"], ["eval"], ["facts"], ["serve"], ["bench"], ["bench", "train"], ["prepare"], ["presets"]]
+
+
+@pytest.mark.slow
+def test_help_and_usage_errors_do_not_import_torch():
+    for words in LIGHT:
+        torch_loaded, proc = imports_torch(*words, "--help")
+        assert not torch_loaded and proc.stdout.startswith("usage: maskdiff"), words
+    for argv in (["nonsense"], ["train", "--bogus"], ["eval", "--mc-samples", "x"], ["serve", "--checkpoint", "x", "--port", "99999"]):
+        torch_loaded, proc = imports_torch(*argv)
+        assert not torch_loaded and "error:" in proc.stderr, argv
+    assert imports_torch("presets")[0]  # a command that runs loads what it needs
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_serve_refuses_a_port_out_of_range_before_anything_loads(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", "nowhere", "--port", port])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert f"argument --port: {port} is not a port: give 0-65535 (0: a free one)" in err
+
+
+def test_serve_takes_every_port_of_the_range():
+    for port in (0, 1, 8000, 65535):
+        assert build_parser().parse_args(["serve", "--checkpoint", "x", "--port", str(port)]).port == port
+
+
+def test_train_help_says_what_data_each_kind_of_preset_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data PATH" in text and "UTF-8 text file for the character presets" in text and "folder written by `maskdiff prepare`" in text
+
+
+# ------------------------------------------------------------------ eval: three modes chosen in one place
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "reverse-curse", "--checkpoint", "x", "--data", "f", "--seed", "3"], "--seed does not apply to --task reverse-curse"),
+        (
+            ["--task", "reverse-curse", "--checkpoint", "x", "--data", "f", "--samples", "s", "--judge", "j", "-k", "2", "--timesteps", "5"]
+            + ["--chain-rule", "--length", "9", "--max-sequences", "3", "--skip-unknown"],
+            "--max-sequences, --skip-unknown, --samples, --judge do not apply to --task reverse-curse (greedy decoding, exact match)",
+        ),
+        (["--samples", "out.txt", "--mc-samples", "4"], "--mc-samples does not apply to --samples"),
+        (["--samples", "out.txt", "--checkpoint", "run"], "--checkpoint does not apply to --samples"),
+        (["--checkpoint", "run", "--judge", "smollm2"], "--judge does not apply to --checkpoint"),
+        (["--task", "reverse-curse", "--checkpoint", "x"], "--task reverse-curse needs --checkpoint RUN and --data FACTS"),
+        (["--quiet"], "the following arguments are required: --checkpoint DIR"),
+        (["--checkpoint", "run", "--samples", "8"], "use --mc-samples 8"),
+    ],
+)
+def test_eval_refuses_flags_its_mode_does_not_declare(argv, message, capsys):
+    code, _, err = run(capsys, "eval", *argv)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def test_eval_modes_declare_the_flags_their_handlers_read():
+    parser = next(p for words, p in leaf_parsers() if words == ["eval"])
+    flags = {a.dest for a in parser._actions if a.option_strings} - {"help", "task", "threads"}
+    declared = [{f.name for f in dataclasses.fields(mode.inputs)} for mode in (LIKELIHOOD, SAMPLES, REVERSE_CURSE)]
+    assert set().union(*declared) == flags  # every flag belongs to some mode
+    # the flags a mode needs given: typed without None in its inputs, without a default on the command line
+    needed = {mode.name: [name for name in mode.required() if parser.get_default(name) is None] for mode in (LIKELIHOOD, SAMPLES, REVERSE_CURSE)}
+    assert needed == {"--checkpoint": ["checkpoint"], "--samples": ["samples"], "--task reverse-curse": ["checkpoint", "data"]}

@@ -149,7 +149,8 @@ def test_an_option_error_carries_its_field_and_each_route_names_it_its_way(run_d
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flag_text in err and f" {field} " not in err  # flags on the command line
     error = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "steps": 2, **values}).json()["error"]
-    assert error["param"] == field and error["code"] == "invalid_value"
+    # a value out of its declared range is refused as the body is parsed, the rest by the sampler's checks
+    assert error["param"] == field and error["code"] in ("invalid_value", "invalid_request") and field in error["message"]
 
 
 def test_flags_fields_and_info_are_generated_from_the_declarations(http):

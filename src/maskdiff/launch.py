@@ -1,5 +1,6 @@
-"""The ``maskdiff`` command's entry point. It imports the command line (and with it torch) inside
-``main``, so that Ctrl-C while torch loads ends with one line instead of a traceback."""
+"""The ``maskdiff`` command's entry point. It imports the command line inside ``main``, so that
+Ctrl-C while it loads ends with one line instead of a traceback (torch itself loads later, inside
+:func:`maskdiff.cli.main`, which says the same)."""
 
 from __future__ import annotations
 

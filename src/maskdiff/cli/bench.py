@@ -5,15 +5,33 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from maskdiff.bench.generate import benchmark_generation, parse_list, write_outputs
-from maskdiff.cli.common import Parser, Subcommands, add_threads
-from maskdiff.errors import MaskdiffError
-from maskdiff.sampling import RULES
+from maskdiff.cli.common import Commands, Parser, add_commands, add_threads, set_handler
+from maskdiff.errors import MaskdiffError, plural
 
 
-def cmd_bench_train(args) -> int:
+@dataclass(frozen=True)
+class BenchTrainArgs:
+    """The flags of `maskdiff bench train`."""
+
+    sizes: str
+    precision: str
+    batch: int
+    seq_len: int | None
+    steps: int
+    min_time: float
+    max_time: float
+    warmup: int
+    wait_quiet: float
+    set: list[str] | None
+    device: str
+    profile: bool
+    json: str | None
+
+
+def cmd_bench_train(args: BenchTrainArgs) -> int:
     from maskdiff.bench.train import Timing, bench_train, format_table, profile_table
 
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -34,7 +52,29 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
-def cmd_bench_generate(args) -> int:
+@dataclass(frozen=True)
+class BenchGenerateArgs:
+    """The flags of `maskdiff bench generate`."""
+
+    mdm: str
+    ar: str
+    prompts: int
+    prompt_length: int
+    length: int | None
+    steps: str
+    rules: str
+    cfg: str
+    judge: str | None
+    seed: int
+    precision: str
+    json: str | None
+    out: str | None
+    quiet: bool
+
+
+def cmd_bench_generate(args: BenchGenerateArgs) -> int:
+    from maskdiff.bench.generate import benchmark_generation, parse_list, write_outputs
+
     bench = benchmark_generation(
         args.mdm,
         args.ar,
@@ -53,8 +93,8 @@ def cmd_bench_generate(args) -> int:
     paths = write_outputs(bench, out, args.json)
     info = bench.info
     print(
-        f"{info['num_prompts']} validation prompts of {info['prompt_length']} tokens, {info['length']} tokens generated each; "
-        f"{info['device']} {info['precision']}, {info['threads']} threads, "
+        f"{plural(info['num_prompts'], 'validation prompt')} of {plural(info['prompt_length'], 'token')}, "
+        f"{plural(info['length'], 'token')} generated each; {info['device']} {info['precision']}, {plural(info['threads'], 'thread')}, "
         f"judge {info['judge'] or 'none (--judge smollm2 for generative perplexity)'}"
     )
     print((out / "table.md").read_text(encoding="utf-8").rstrip())
@@ -62,22 +102,27 @@ def cmd_bench_generate(args) -> int:
     return 0
 
 
-def add_bench_parser(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="benchmarks: training throughput, generation speed against quality",
-        description="Benchmarks that print their figures and write them as JSON (and PNG): `maskdiff bench train` (training "
-        "tokens/s and MFU against the measured matmul peak), `maskdiff bench generate` (MDM vs ARM, speed against quality).",
+def add_bench_parser(sub: Commands) -> None:
+    sub.add_command("bench", "benchmarks: training throughput, generation speed against quality", fill_bench_parser)
+
+
+def fill_bench_parser(p: Parser) -> None:
+    p.description = (
+        "Benchmarks that print their figures and write them as JSON (and PNG): `maskdiff bench train` (training "
+        "tokens/s and MFU against the measured matmul peak), `maskdiff bench generate` (MDM vs ARM, speed against quality)."
     )
-    bench = p.add_subparsers(dest="bench_command", required=True, parser_class=Parser, metavar="BENCHMARK")
-    p = bench.add_parser(
-        "train",
-        help="training tokens/s and model FLOPs utilisation",
-        description="Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
+    bench = add_commands(p, "bench_command", "BENCHMARK")
+    bench.add_command("train", "training tokens/s and model FLOPs utilisation", fill_bench_train_parser)
+    bench.add_command("generate", "MDM vs ARM: wall time, tokens/s, network calls and sample quality on the same prompts", fill_bench_generate_parser)
+
+
+def fill_bench_train_parser(p: Parser) -> None:
+    p.description = (
+        "Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
         "training uses), then the training step (AdamW, clipping, EMA, time conditioning on; random tokens) of each "
         "size: tokens/s, FLOPs per token (forward + backward, attention included), GFLOP/s and MFU = achieved / peak. "
         "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
-        "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures.",
+        "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures."
     )
     p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (the preset), 5M (6x256), 25M (8x512) (default all)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions: fp32, bf16 (default both)")
@@ -93,18 +138,20 @@ def add_bench_parser(sub: Subcommands) -> None:
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's ops by CPU time for each size (3 steps)")
     p.add_argument("--json", metavar="FILE", help="also write the figures, the CPU and the skipped precisions as JSON")
     add_threads(p)
-    p.set_defaults(handler=cmd_bench_train)
+    set_handler(p, BenchTrainArgs, cmd_bench_train)
 
-    p = bench.add_parser(
-        "generate",
-        help="MDM vs ARM: wall time, tokens/s, network calls and sample quality on the same prompts",
-        description="Continue the same prompts (the start of evenly spread chunks of the validation split) with a masked "
+
+def fill_bench_generate_parser(p: Parser) -> None:
+    from maskdiff.sampling import RULES
+
+    p.description = (
+        "Continue the same prompts (the start of evenly spread chunks of the validation split) with a masked "
         "diffusion run at every --steps count, --rules rule and --cfg guidance weight, and with an autoregressive run on "
         "its KV cache. Reports wall time, generated tokens/s, network evaluations, and quality: generative perplexity "
         "under --judge with unigram entropy and distinct-n next to it (so repetitive text cannot look good), the "
         "validation text's own continuations as the reference. Guidance is unsupervised classifier-free guidance (the "
         "prompt masked in the unconditional pass; no special training needed). Writes OUT/table.md, the JSON, "
-        "OUT/quality_vs_time.png, OUT/samples.md and every setting's samples under OUT/samples/.",
+        "OUT/quality_vs_time.png, OUT/samples.md and every setting's samples under OUT/samples/."
     )
     p.add_argument("--mdm", required=True, metavar="RUN", help="a masked diffusion run folder (or checkpoint)")
     p.add_argument("--ar", required=True, metavar="RUN", help="an autoregressive run folder (or checkpoint) with the same tokenizer")
@@ -130,4 +177,4 @@ def add_bench_parser(sub: Subcommands) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/bench-generate-TIMESTAMP)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads(p)
-    p.set_defaults(handler=cmd_bench_generate)
+    set_handler(p, BenchGenerateArgs, cmd_bench_generate)

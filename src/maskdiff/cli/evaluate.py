@@ -1,28 +1,76 @@
-"""`maskdiff eval`: a checkpoint's likelihood, the quality of generated text, or the reverse-curse task."""
+"""`maskdiff eval`: three evaluations behind one command, chosen in one place (:func:`eval_mode`).
+
+- ``eval --checkpoint RUN``: the run's likelihood (the bound, or the exact value);
+- ``eval --samples FILE``: the quality of generated text;
+- ``eval --task reverse-curse --checkpoint RUN --data FACTS``: exact-match accuracy on facts.
+
+Each mode declares the flags it reads as the fields of its typed inputs (a field typed without
+``None`` is required); a flag given to a mode that does not declare it is refused in one line.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Generic
 
-from maskdiff.cli.common import Subcommands, add_threads
-from maskdiff.data.facts import GROUPS
-from maskdiff.distributed import launched_rank
-from maskdiff.errors import MaskdiffError
-from maskdiff.evaluation import evaluate_checkpoint
-from maskdiff.evaluation.judge import evaluate_samples
-from maskdiff.evaluation.reverse_curse import COLUMNS, evaluate_reverse_curse
+from maskdiff.cli.common import Commands, Inputs, Parser, add_threads, inputs_of
+from maskdiff.errors import MaskdiffError, plural
+
+NOT_FLAGS = ("help", "task", "threads")  # the mode's selector and what main handles
 
 
-def cmd_eval(args) -> int:
-    if args.task == "reverse-curse":
-        return eval_reverse_curse(args)
-    if args.samples is not None:
-        return eval_samples(args)
-    if args.judge is not None:
-        raise MaskdiffError("--judge scores generated text: use it with --samples FILE")
-    if args.checkpoint is None:
-        raise MaskdiffError("the following arguments are required: --checkpoint DIR (or --samples FILE to score generated text)")
+@dataclass(frozen=True)
+class LikelihoodArgs:
+    """The flags `maskdiff eval --checkpoint RUN` reads."""
+
+    checkpoint: str
+    data: str | None
+    split: str
+    mc_samples: int
+    timesteps: int | None
+    chain_rule: bool
+    length: int | None
+    max_sequences: int | None
+    skip_unknown: bool
+    batch_size: int
+    seed: int
+    precision: str
+    json: bool
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class SamplesArgs:
+    """The flags `maskdiff eval --samples FILE` reads."""
+
+    samples: str
+    judge: str | None
+    batch_size: int
+    json: bool
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class ReverseCurseArgs:
+    """The flags `maskdiff eval --task reverse-curse` reads."""
+
+    checkpoint: str
+    data: str
+    batch_size: int
+    precision: str
+    json: bool
+    quiet: bool  # accepted: it shows no progress bar
+
+
+def eval_likelihood(args: LikelihoodArgs) -> int:
+    """`maskdiff eval --checkpoint RUN`: the NELBO bound (or the exact likelihood) with its error bars."""
+    from maskdiff.distributed import launched_rank
+    from maskdiff.evaluation import evaluate_checkpoint
 
     result, info = evaluate_checkpoint(
         args.checkpoint,
@@ -51,34 +99,22 @@ def cmd_eval(args) -> int:
         bound, per_sequence = "exact NLL (autoregressive)", "one pass each"
     else:
         bound = "NELBO, continuous-time" if result.timesteps is None else f"NELBO, discrete-time (T={result.timesteps})"
-        per_sequence = f"{result.samples_per_sequence} Monte Carlo sample(s) each"
+        per_sequence = f"{plural(result.samples_per_sequence, 'Monte Carlo sample')} each"
     mc = "" if not result.bits_per_token_mc_stderr else f" (Monte Carlo part ± {result.bits_per_token_mc_stderr:.4f})"
     print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
-    print(f"data:       {info['data']}: {result.num_sequences} sequences, {result.num_tokens} tokens, {per_sequence}")
+    print(f"data:       {info['data']}: {plural(result.num_sequences, 'sequence')}, {plural(result.num_tokens, 'token')}, {per_sequence}")
     if info["skipped_characters"]:
-        print(f"skipped:    {info['skipped_characters']} characters the tokenizer cannot encode")
+        print(f"skipped:    {plural(info['skipped_characters'], 'character')} the tokenizer cannot encode")
     print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
     print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
     return 0
 
 
-def eval_reverse_curse(args) -> int:
+def eval_reverse_curse(args: ReverseCurseArgs) -> int:
     """`maskdiff eval --task reverse-curse`: exact-match accuracy on the questions of a facts folder."""
-    if args.checkpoint is None or args.data is None:
-        raise MaskdiffError("--task reverse-curse needs --checkpoint RUN and --data FACTS (a folder written by `maskdiff facts`, or its test.jsonl)")
-    ignored = {
-        "--samples": args.samples is not None,
-        "--judge": args.judge is not None,
-        "--mc-samples": args.mc_samples != 1,
-        "--timesteps": args.timesteps is not None,
-        "--chain-rule": args.chain_rule,
-        "--length": args.length is not None,
-        "--max-sequences": args.max_sequences is not None,
-        "--skip-unknown": args.skip_unknown,
-    }
-    used = [flag for flag, given in ignored.items() if given]
-    if used:
-        raise MaskdiffError(f"{', '.join(used)} do{'es' if len(used) == 1 else ''} not apply to --task reverse-curse (greedy decoding, exact match)")
+    from maskdiff.data.facts import GROUPS
+    from maskdiff.evaluation.reverse_curse import COLUMNS, evaluate_reverse_curse
+
     table, info = evaluate_reverse_curse(args.checkpoint, args.data, batch_size=args.batch_size, precision=args.precision)
     if args.json:
         groups = {g: {d: table[(d, g)].to_dict() for d in COLUMNS} for g in GROUPS}
@@ -86,7 +122,7 @@ def eval_reverse_curse(args) -> int:
         print(json.dumps({**headline, "groups": groups, **info}, ensure_ascii=False))
         return 0
     print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
-    print(f"questions:  {info['data']}: {info['num_questions']} questions; {info['decoding']}")
+    print(f"questions:  {info['data']}: {plural(info['num_questions'], 'question')}; {info['decoding']}")
     print(f"{'exact match':12s}" + "".join(f"{d:>20s}" for d in COLUMNS))
     for group in GROUPS:
         cells = [table[(d, group)] for d in COLUMNS]
@@ -95,33 +131,91 @@ def eval_reverse_curse(args) -> int:
     return 0
 
 
-def eval_samples(args) -> int:
+def eval_samples(args: SamplesArgs) -> int:
     """`maskdiff eval --samples FILE`: quality of generated text (judge perplexity, entropy, distinct-n)."""
+    from maskdiff.evaluation.judge import evaluate_samples
+
     path = Path(args.samples)
-    if args.samples.isdigit() and not path.exists():  # the old meaning of --samples
-        raise MaskdiffError(
-            f"--samples now takes a file of generated texts; for {args.samples} Monte Carlo samples per sequence use --mc-samples {args.samples}"
-        )
     quality = evaluate_samples(path, judge=args.judge, batch_size=args.batch_size, progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps({**quality.to_dict(), "samples_file": str(path)}, ensure_ascii=False))
         return 0
-    print(f"samples:          {path}: {quality.num_samples} texts")
+    print(f"samples:          {path}: {plural(quality.num_samples, 'text')}")
     if quality.gen_perplexity is not None:
-        print(f"judge perplexity: {quality.gen_perplexity:.3f} ({quality.judge_tokens} judge tokens, judge {quality.judge})")
+        print(f"judge perplexity: {quality.gen_perplexity:.3f} ({plural(quality.judge_tokens or 0, 'judge token')}, judge {quality.judge})")
     print(f"unigram entropy:  {quality.unigram_entropy:.3f} bits/word (mean over samples)")
     print(f"distinct-1/2/3:   {quality.distinct_1:.3f} / {quality.distinct_2:.3f} / {quality.distinct_3:.3f}")
     return 0
 
 
-def add_eval_parser(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="likelihood of a checkpoint, or quality of generated text",
-        description="With --checkpoint: the NELBO bound in bits per token and the perplexity bound, with standard "
+@dataclass(frozen=True)
+class Mode(Generic[Inputs]):
+    """One of `maskdiff eval`'s evaluations: how it is asked for, its typed inputs, its handler."""
+
+    name: str  # how the user asks for it, as messages name it
+    inputs: type[Inputs]
+    run: Callable[[Inputs], int]
+    why: str  # said after a flag that does not apply
+    needs: str  # said when a required flag is missing
+
+    def required(self) -> list[str]:
+        """The fields typed without None."""
+        hints = typing.get_type_hints(self.inputs)
+        return [f.name for f in fields(self.inputs) if type(None) not in typing.get_args(hints[f.name])]
+
+
+LIKELIHOOD = Mode(
+    "--checkpoint",
+    LikelihoodArgs,
+    eval_likelihood,
+    "(the likelihood of a run; --judge scores generated text: use it with --samples FILE)",
+    "the following arguments are required: --checkpoint DIR (or --samples FILE to score generated text)",
+)
+SAMPLES = Mode("--samples", SamplesArgs, eval_samples, "(it scores the generated texts of FILE)", "")
+REVERSE_CURSE = Mode(
+    "--task reverse-curse",
+    ReverseCurseArgs,
+    eval_reverse_curse,
+    "(greedy decoding, exact match)",
+    "--task reverse-curse needs --checkpoint RUN and --data FACTS (a folder written by `maskdiff facts`, or its test.jsonl)",
+)
+
+
+def eval_mode(args: argparse.Namespace) -> Mode[Any]:
+    """Which evaluation the flags ask for: --task reverse-curse, else --samples FILE, else the likelihood."""
+    if args.task == "reverse-curse":
+        return REVERSE_CURSE
+    if args.samples is not None:
+        if args.samples.isdigit() and not Path(args.samples).exists():  # the old meaning of --samples
+            raise MaskdiffError(
+                f"--samples now takes a file of generated texts; for {args.samples} Monte Carlo samples per sequence use --mc-samples {args.samples}"
+            )
+        return SAMPLES
+    return LIKELIHOOD
+
+
+def cmd_eval(args: argparse.Namespace, flags: dict[str, argparse.Action]) -> int:
+    """Choose the mode, check its flags against what it declares, and run it on its typed inputs."""
+    mode = eval_mode(args)
+    if any(getattr(args, name) is None for name in mode.required()):
+        raise MaskdiffError(mode.needs)
+    declared = {f.name for f in fields(mode.inputs)}
+    used = [flag.option_strings[-1] for name, flag in flags.items() if name not in declared and getattr(args, name) != flag.default]
+    if used:
+        raise MaskdiffError(f"{', '.join(used)} do{'es' if len(used) == 1 else ''} not apply to {mode.name} {mode.why}")
+    return mode.run(inputs_of(mode.inputs, args))
+
+
+def add_eval_parser(sub: Commands) -> None:
+    sub.add_command("eval", "likelihood of a checkpoint, or quality of generated text", fill_eval_parser)
+
+
+def fill_eval_parser(p: Parser) -> None:
+    p.description = (
+        "With --checkpoint: the NELBO bound in bits per token and the perplexity bound, with standard "
         "errors (or with --chain-rule the exact likelihood of left-to-right unmasking; for an autoregressive run "
         "(diffusion.objective=ar) the exact likelihood, estimator 'exact'). With --samples FILE: "
-        "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts.",
+        "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts."
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")
     p.add_argument(
@@ -164,4 +258,5 @@ def add_eval_parser(sub: Subcommands) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
-    p.set_defaults(handler=cmd_eval)
+    flags = {action.dest: action for action in p._actions if action.option_strings and action.dest not in NOT_FLAGS}
+    p.set_defaults(handler=lambda args: cmd_eval(args, flags), inputs=(LikelihoodArgs, SamplesArgs, ReverseCurseArgs))

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from maskdiff.cli.common import Subcommands
-from maskdiff.presets import PRESETS, get_preset, parameter_count
+from dataclasses import dataclass
+
+from maskdiff.cli.common import Commands, Parser, set_handler
 
 
-def cmd_presets(args) -> int:
+@dataclass(frozen=True)
+class PresetsArgs:
+    """The flags of `maskdiff presets`."""
+
+    show: str | None
+
+
+def cmd_presets(args: PresetsArgs) -> int:
+    from maskdiff.presets import PRESETS, get_preset, parameter_count
+
     if args.show is None:
         width = max(map(len, PRESETS))
         print(f"{'preset':{width}s}  {'params':>7s}  (network without input embedding; text: the built-in corpus's characters)")
@@ -19,7 +29,11 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def add_presets_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("presets", help="list named configs", description="List the presets, or show every value of one.")
+def add_presets_parser(sub: Commands) -> None:
+    sub.add_command("presets", "list named configs", fill_presets_parser)
+
+
+def fill_presets_parser(p: Parser) -> None:
+    p.description = "List the presets, or show every value of one."
     p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")
-    p.set_defaults(handler=cmd_presets)
+    set_handler(p, PresetsArgs, cmd_presets)

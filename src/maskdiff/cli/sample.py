@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from maskdiff.checkpoint import run_modality
-from maskdiff.cli.common import Subcommands, add_threads
-from maskdiff.errors import MaskdiffError
-from maskdiff.generation import generate_images, generate_text, join_samples
-from maskdiff.generation.frontend import check_output_path
-from maskdiff.sampling import RULES
-from maskdiff.sampling.flags import add_option_flags, option_values
+from maskdiff.cli.common import Commands, Parser, add_threads, inputs_of, set_handler
+from maskdiff.errors import MaskdiffError, plural
 
 TEXT_ONLY = ("prompt", "infill", "eos", "length")
 IMAGE_ONLY = ("label", "inpaint", "scale")
 
 
-def _sample_images(args) -> int:
+@dataclass(frozen=True)
+class SampleArgs:
+    """The flags of `maskdiff sample`; the sampler's options (generated flags) are ``sampler_options``."""
+
+    checkpoint: str
+    num_samples: int | None
+    length: int | None
+    steps: int
+    prompt: list[str] | None
+    infill: str | None
+    label: int | None
+    inpaint: str | None
+    keep: str
+    scale: int | None
+    eos: str | None
+    seed: int
+    weights: str
+    precision: str
+    show_steps: bool
+    output: str | None
+    quiet: bool
+    sampler_options: dict[str, Any]  # the sampler options given, by name (maskdiff.sampling.SamplerOptions)
+
+
+def sample_inputs(args: argparse.Namespace) -> SampleArgs:
+    from maskdiff.sampling.flags import option_values
+
+    return inputs_of(SampleArgs, args, sampler_options=option_values(args))
+
+
+def _sample_images(args: SampleArgs) -> int:
     """cmd_sample for a run trained on images: a PNG grid (and a GIF of the steps)."""
+    from maskdiff.generation import generate_images
+
     used = [f"--{name}" for name in TEXT_ONLY if getattr(args, name) is not None]
     if used:
         raise MaskdiffError(f"{', '.join(used)} apply to text runs; this run models images")
@@ -36,21 +66,26 @@ def _sample_images(args) -> int:
         weights=args.weights,
         precision=args.precision,
         progress=not args.quiet,
-        **option_values(args),
+        **args.sampler_options,
     )
     print(f"sample grid: {gen.path}")
     if gen.steps_path is not None:
         print(f"unmasking steps: {gen.steps_path}")
-    print(f"[{len(gen.images)} images in {gen.seconds:.2f} s, {gen.nfe} network evaluations]", file=sys.stderr)
+    print(f"[{plural(len(gen.images), 'image')} in {gen.seconds:.2f} s, {plural(gen.nfe, 'network evaluation')}]", file=sys.stderr)
     return 0
 
 
-def cmd_sample(args) -> int:
+def cmd_sample(args: SampleArgs) -> int:
+    from maskdiff.checkpoint import run_modality
+
     return {"image": _sample_images, "text": _sample_text}[run_modality(args.checkpoint)](args)
 
 
-def _sample_text(args) -> int:
+def _sample_text(args: SampleArgs) -> int:
     """cmd_sample for a run trained on text: the samples on stdout (and in --output)."""
+    from maskdiff.generation import generate_text, join_samples
+    from maskdiff.generation.frontend import check_output_path
+
     used = [f"--{name}" for name in IMAGE_ONLY if getattr(args, name) is not None]
     if used:
         raise MaskdiffError(f"{', '.join(used)} apply to image runs; this run models text")
@@ -80,7 +115,7 @@ def _sample_text(args) -> int:
         precision=args.precision,
         progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
-        **option_values(args),
+        **args.sampler_options,
     )
     output = join_samples(gen.texts)
     print(output)  # first, so that a late failure to write --output loses nothing
@@ -90,7 +125,7 @@ def _sample_text(args) -> int:
         except OSError as err:
             raise MaskdiffError(f"could not write {args.output!r} ({err.strerror or err}); the samples are printed above") from None
     print(
-        f"[{len(gen.texts)} samples in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {gen.nfe} network evaluations, "
+        f"[{plural(len(gen.texts), 'sample')} in {gen.seconds:.2f} s, {gen.tokens_per_s:,.0f} tokens/s, {plural(gen.nfe, 'network evaluation')}, "
         f"{gen.tokens_per_evaluation:.2f} tokens revealed per evaluation]",
         file=sys.stderr,
     )
@@ -99,16 +134,22 @@ def _sample_text(args) -> int:
 
 def rule_summaries() -> str:
     """The registered sampler rules with their one-line summaries, for the sample subcommand's help."""
+    from maskdiff.sampling import RULES
+
     return "; ".join(f"{name} ({rule.summary()})" for name, rule in RULES.items())
 
 
-def add_sample_parser(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "sample",
-        help="generate text or images from a checkpoint",
-        description="Generate text by running the reverse process. Rules (--method): " + rule_summaries() + ". "
+def add_sample_parser(sub: Commands) -> None:
+    sub.add_command("sample", "generate text or images from a checkpoint", fill_sample_parser)
+
+
+def fill_sample_parser(p: Parser) -> None:
+    from maskdiff.sampling.flags import add_option_flags
+
+    p.description = (
+        "Generate text by running the reverse process. Rules (--method): " + rule_summaries() + ". "
         "For a run trained on images it writes a PNG grid (--output, default RUN/samples.png), with --show-steps "
-        "also an animated GIF of the unmasking, and can sample a class (--label, --cfg) or inpaint (--inpaint, --keep).",
+        "also an animated GIF of the unmasking, and can sample a class (--label, --cfg) or inpaint (--inpaint, --keep)."
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
@@ -137,4 +178,4 @@ def add_sample_parser(sub: Subcommands) -> None:
     p.add_argument("--output", "--out", metavar="FILE", help="text: also write the samples to FILE; images: the PNG grid (default RUN/samples.png)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
-    p.set_defaults(handler=cmd_sample)
+    set_handler(p, SampleArgs, cmd_sample, sample_inputs)

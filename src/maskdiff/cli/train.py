@@ -4,44 +4,53 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from maskdiff.checkpoint import checkpoint_step, latest_checkpoint
-from maskdiff.cli.common import Subcommands, add_resume, add_threads
-from maskdiff.config import RunConfig
-from maskdiff.errors import MaskdiffError
-from maskdiff.presets import get_preset
-from maskdiff.training import check_resume_config, finetune, train
-from maskdiff.training.loop import StartFrom, TrainResult
+from maskdiff.cli.common import Commands, Parser, add_resume, add_threads, set_handler
+from maskdiff.errors import MaskdiffError, plural
+
+if TYPE_CHECKING:
+    from maskdiff.config import RunConfig
+    from maskdiff.training import TrainResult
 
 
-def cmd_train(args) -> int:
-    overrides = list(args.set or [])
-    if args.data is not None:
-        overrides.append(f"data.path={args.data}")
-    if args.resume is not None and args.out is None:
-        raise MaskdiffError(f"--resume{' auto' if args.resume == 'auto' else ''} needs --out DIR, the run folder to continue")
-    latest = latest_checkpoint(Path(args.out)) if args.out else None
-    # --resume auto: continue the run in --out if it has a checkpoint, else start it
-    resume = args.resume == "yes" or (args.resume == "auto" and latest is not None)
-    if resume:
-        run_dir = Path(args.out)
-        cfg = RunConfig.load(run_dir / "config.json")
-        if args.preset is not None and args.preset != cfg.preset:
-            raise MaskdiffError(
-                f"{run_dir} holds a run of preset {cfg.preset!r}, not {args.preset!r}: resume it with --preset {cfg.preset} "
-                "(or no --preset), or start the other preset in another --out"
-            )
-        cfg = cfg.with_overrides(overrides)
-        check_resume_config(run_dir, cfg)
-        if args.resume == "auto" and latest is not None and checkpoint_step(latest) >= cfg.train.steps:
-            print(f"{run_dir} already finished {checkpoint_step(latest)} of train.steps={cfg.train.steps} steps; nothing to do")
-            return 0
-    else:
-        cfg = get_preset(args.preset or "tiny").with_overrides(overrides)
+@dataclass(frozen=True)
+class TrainArgs:
+    """The flags of `maskdiff train`."""
+
+    preset: str | None
+    set: list[str] | None
+    data: str | None
+    out: str | None
+    resume: str | None  # None, "yes" or "auto"
+    quiet: bool
+
+    def overrides(self) -> list[str]:
+        return [*(self.set or []), *([f"data.path={self.data}"] if self.data is not None else [])]
+
+
+def cmd_train(args: TrainArgs) -> int:
+    from maskdiff.presets import get_preset
+    from maskdiff.training import Outcome, ResumeMode, plan_resume, train
+
+    def new_config() -> RunConfig:
+        return get_preset(args.preset or "tiny").with_overrides(args.overrides())
+
+    mode = ResumeMode(args.resume or "no")
+    if mode is ResumeMode.NO:  # a new run (train refuses a folder that holds one)
+        cfg = new_config()
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(cfg, run_dir, resume=resume, progress=not args.quiet)
-    return report_training(result, "train")
+        return report_training(train(cfg, run_dir, progress=not args.quiet), "train")
+    if args.out is None:
+        raise MaskdiffError(f"--resume{' auto' if mode is ResumeMode.AUTO else ''} needs --out DIR, the run folder to continue")
+    # a continued run keeps its own config, with --set (and --data) as changes to it
+    plan = plan_resume(args.out, mode, lambda saved: saved.with_overrides(args.overrides()), preset=args.preset).accepted()
+    if plan.outcome is Outcome.FINISHED:
+        print(plan.reason)
+        return 0
+    return report_training(train(plan.config or new_config(), plan.run_dir, resume=plan, progress=not args.quiet), "train")
 
 
 def report_training(result: TrainResult, command: str) -> int:
@@ -58,8 +67,8 @@ def report_training(result: TrainResult, command: str) -> int:
     assert v is not None  # a run that was not stopped early ends with its validation bound
     what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {result.steps} steps; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {v.num_tokens:,} tokens\n"
+        f"done: {plural(result.steps, 'step')}; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
+        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {plural(v.num_tokens, 'token')}\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
@@ -67,62 +76,98 @@ def report_training(result: TrainResult, command: str) -> int:
     return 0
 
 
-def cmd_finetune(args) -> int:
-    if args.resume is not None and args.out is None:
-        raise MaskdiffError(f"--resume{' auto' if args.resume == 'auto' else ''} needs --out DIR, the fine-tuning run to continue")
-    latest = latest_checkpoint(Path(args.out)) if args.out else None
-    resume = args.resume == "yes" or (args.resume == "auto" and latest is not None)
-    if not resume:
+@dataclass(frozen=True)
+class FinetuneArgs:
+    """The flags of `maskdiff finetune`."""
+
+    checkpoint: str | None
+    data: str | None
+    eos: str | None
+    out: str | None
+    set: list[str] | None
+    weights: str
+    resume: str | None  # None, "yes" or "auto"
+    quiet: bool
+
+    def continued_config(self, saved: RunConfig) -> RunConfig:
+        """The config that continues the fine-tuning run ``saved``: --data and --eos, when given,
+        must be the run's own (a change is refused with both values, like any resume)."""
+        overrides = list(self.set or [])
+        overrides += [f"data.path={self.data}"] if self.data is not None else []
+        overrides += [f"data.eos={self.eos}"] if self.eos is not None else []
+        cfg = saved.with_overrides(overrides)
+        if cfg.data.format != "pairs":
+            raise MaskdiffError(
+                f"{self.out} is not a fine-tuning run (its data format is {cfg.data.format}); continue it with maskdiff train --resume"
+            )
+        return cfg
+
+
+def cmd_finetune(args: FinetuneArgs) -> int:
+    from maskdiff.training import Outcome, ResumeMode, finetune, plan_resume, train
+
+    mode = ResumeMode(args.resume or "no")
+    if mode is not ResumeMode.NO and args.out is None:
+        raise MaskdiffError(f"--resume{' auto' if mode is ResumeMode.AUTO else ''} needs --out DIR, the fine-tuning run to continue")
+    plan = None if args.out is None or mode is ResumeMode.NO else plan_resume(args.out, mode, args.continued_config).accepted()
+    if plan is None or plan.outcome is Outcome.NEW:
         missing = [flag for flag, value in (("--checkpoint RUN", args.checkpoint), ("--data PAIRS", args.data)) if value is None]
         if missing:
             raise MaskdiffError(f"a new fine-tuning run needs {' and '.join(missing)} (or --out DIR --resume to continue one)")
+        assert args.checkpoint is not None and args.data is not None
         result = finetune(args.checkpoint, args.data, args.eos, args.out, list(args.set or []), args.weights, progress=not args.quiet)
         return report_training(result, "finetune")
-    # continue the run in --out exactly like `maskdiff train --resume`: --data and --eos, when
-    # given, must be the run's own (a change is refused with both values), as must --checkpoint
-    run_dir = Path(args.out)
-    overrides = list(args.set or [])
-    overrides += [f"data.path={args.data}"] if args.data is not None else []
-    overrides += [f"data.eos={args.eos}"] if args.eos is not None else []
-    cfg = RunConfig.load(run_dir / "config.json").with_overrides(overrides)
-    if cfg.data.format != "pairs":
-        raise MaskdiffError(f"{run_dir} is not a fine-tuning run (its data format is {cfg.data.format}); continue it with maskdiff train --resume")
-    check_resume_config(run_dir, cfg)
     if args.checkpoint is not None:
-        record = json.loads((run_dir / StartFrom.FILE).read_text(encoding="utf-8")) if (run_dir / StartFrom.FILE).is_file() else {}
-        started = record.get("source_run")
-        if started is not None and Path(args.checkpoint).resolve() not in {Path(started).resolve(), Path(record["source_checkpoint"]).resolve()}:
-            raise MaskdiffError(f"{run_dir} was fine-tuned from {started}, not {args.checkpoint}; drop --checkpoint to continue it")
-    if args.resume == "auto" and latest is not None and checkpoint_step(latest) >= cfg.train.steps:
-        print(f"{run_dir} already finished {checkpoint_step(latest)} of train.steps={cfg.train.steps} steps; nothing to do")
+        check_fine_tuned_from(plan.run_dir, args.checkpoint)
+    if plan.outcome is Outcome.FINISHED:
+        print(plan.reason)
         return 0
-    return report_training(train(cfg, run_dir, resume=True, progress=not args.quiet), "finetune")
+    assert plan.config is not None  # a continued run's config is the saved one with the changes asked
+    return report_training(train(plan.config, plan.run_dir, resume=plan, progress=not args.quiet), "finetune")
 
 
-def add_train_parsers(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model",
-        description="Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus.",
-    )
+def check_fine_tuned_from(run_dir: Path, checkpoint: str) -> None:
+    """--checkpoint on a continued fine-tuning run must name the run (or checkpoint) it started from."""
+    from maskdiff.training import StartFrom
+
+    path = run_dir / StartFrom.FILE
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    started = record.get("source_run")
+    if started is not None and Path(checkpoint).resolve() not in {Path(started).resolve(), Path(record["source_checkpoint"]).resolve()}:
+        raise MaskdiffError(f"{run_dir} was fine-tuned from {started}, not {checkpoint}; drop --checkpoint to continue it")
+
+
+def add_train_parsers(sub: Commands) -> None:
+    sub.add_command("train", "train a model", fill_train_parser)
+    sub.add_command("finetune", "fine-tune a text run on prompt/response pairs", fill_finetune_parser)
+
+
+def fill_train_parser(p: Parser) -> None:
+    p.description = "Train a masked diffusion model. Without arguments: the 'tiny' preset on the built-in Shakespeare corpus."
     p.add_argument("--preset", help="named config (see `maskdiff presets`; default: tiny)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.steps=200 (repeatable)")
-    p.add_argument("--data", metavar="FILE", help="UTF-8 text file to train on (same as --set data.path=FILE)")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="what to train on (same as --set data.path=PATH): a UTF-8 text file for the character presets (tiny, small, text8, "
+        "their ar- and genmd4- variants), a folder written by `maskdiff prepare` for the token presets (bpe-tiny, md4-*, smdm-*, their "
+        "ar- variants), image files or a folder for the image presets (default: the preset's own data)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/PRESET-TIMESTAMP)")
     add_resume(p, "the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
-    p.set_defaults(handler=cmd_train)
+    set_handler(p, TrainArgs, cmd_train)
 
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a text run on prompt/response pairs",
-        description="Conditional fine-tuning (SMDM): a new run that starts from RUN's EMA (or raw) weights and trains on "
+
+def fill_finetune_parser(p: Parser) -> None:
+    p.description = (
+        "Conditional fine-tuning (SMDM): a new run that starts from RUN's EMA (or raw) weights and trains on "
         'JSONL pairs {"prompt": ..., "response": ...}. Each example is prompt + response + end of text, padded with the '
         "end of text to the sequence length; only the response and its end of text are scored (a diffusion model never "
         "masks the prompt or the padding; an autoregressive one does not score them). The new run keeps RUN's network, "
         "objective and vocabulary; it trains 200 steps at a tenth of RUN's learning rate (change with --set train.*), "
-        "resumes like any run (--out DIR --resume), and its samples stop at the end of text.",
+        "resumes like any run (--out DIR --resume), and its samples stop at the end of text."
     )
     p.add_argument("--checkpoint", metavar="RUN", help="the run to start from: a run folder or one of its checkpoints (a new run)")
     p.add_argument("--data", metavar="PAIRS", help="JSONL file of prompt/response pairs, or a folder with train.jsonl (valid.jsonl, test.jsonl)")
@@ -142,4 +187,4 @@ def add_train_parsers(sub: Subcommands) -> None:
     add_resume(p, "the fine-tuning run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
-    p.set_defaults(handler=cmd_finetune)
+    set_handler(p, FinetuneArgs, cmd_finetune)

@@ -9,6 +9,9 @@ runs belong together. A run is
   the same data order and noise, so the result equals an uninterrupted run;
 - *finished* (the last step's checkpoint and the final validation in ``metrics.csv``): skipped.
 
+That is :func:`maskdiff.training.plan_resume` in ``auto`` mode, the policy of ``maskdiff train
+--resume auto``.
+
 :func:`run_commands` gives the same runs as shell commands instead (``maskdiff train ... --resume
 auto``, which starts, continues or skips a run the same way), one per line, for other machines or
 ``xargs -P``.
@@ -22,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskdiff.checkpoint import checkpoint_step, latest_checkpoint
+from maskdiff.config import RunConfig
 from maskdiff.errors import MaskdiffError
 from maskdiff.metrics import read_metrics
 from maskdiff.scaling.plan import Plan, PlannedRun
-from maskdiff.training import train
+from maskdiff.training import Outcome, ResumeMode, ResumePlan, plan_resume, train
 from maskdiff.training.loop import TrainResult
 
 RECORD = "scaling.json"  # a run folder's place in its scaling study
@@ -86,17 +89,17 @@ def final_tokens(run_dir: Path, steps: int) -> int | None:
     return int(float(rows[-1]["tokens"])) if rows else None
 
 
-def run_status(run_dir: Path, steps: int) -> str:
-    """``new``, ``stopped`` (a checkpoint before step ``steps``), ``finished`` or ``unevaluated``
-    (trained to the end without the final validation)."""
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
-        if (run_dir / "config.json").exists():
-            raise MaskdiffError(f"{run_dir} holds a run that stopped before its first checkpoint; remove the folder to start it again")
-        return "new"
-    if checkpoint_step(latest) < steps:
-        return "stopped"
-    return "finished" if final_validation(run_dir, steps) is not None else "unevaluated"
+def run_status(run_dir: Path, cfg: RunConfig) -> tuple[str, ResumePlan]:
+    """``new``, ``stopped`` (a checkpoint before its last step) or ``finished``, with the resume plan
+    (:func:`maskdiff.training.plan_resume` in ``auto`` mode) that trains it; a run it refuses, or one
+    trained to the end without the final validation, is an error."""
+    plan = plan_resume(run_dir, ResumeMode.AUTO, cfg).accepted()
+    if plan.outcome is Outcome.FINISHED and final_validation(run_dir, cfg.train.steps) is None:
+        raise MaskdiffError(
+            f"{run_dir} trained all {cfg.train.steps} steps but has no final validation in metrics.csv (stopped during it?); "
+            "remove the folder to train it again"
+        )
+    return {Outcome.NEW: "new", Outcome.CONTINUE: "stopped", Outcome.FINISHED: "finished"}[plan.outcome], plan
 
 
 @dataclass
@@ -123,18 +126,13 @@ def run_plan(
         run_dir = root / run.name
         cfg = plan.run_config(run)
         write_record(plan, run, run_dir)
-        status = run_status(run_dir, run.steps)
-        if status == "unevaluated":
-            raise MaskdiffError(
-                f"{run_dir} trained all {run.steps} steps but has no final validation in metrics.csv (stopped during it?); "
-                "remove the folder to train it again"
-            )
+        status, resume = run_status(run_dir, cfg)
         if on_start is not None:
             on_start(run, run_dir, status)
         if status == "finished":
             outcomes.append(RunOutcome(run.name, run_dir, status, None))
             continue
-        result = train(cfg, run_dir, resume=status == "stopped", progress=progress)
+        result = train(cfg, run_dir, resume=resume, progress=progress)
         outcomes.append(RunOutcome(run.name, run_dir, status, result))
         if result.stopped_by is not None:
             break

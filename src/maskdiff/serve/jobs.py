@@ -59,7 +59,7 @@ def as_request_error(err: MaskdiffError, param: str | None = None) -> RequestErr
     :class:`~maskdiff.sampling.OptionError` names, else ``param``, else the field its message starts with."""
     if isinstance(err, OptionError):
         field = BODY_NAMES.get(err.field, err.field)
-        return RequestError(err.render(lambda name: BODY_NAMES.get(name, name)), param=param or field, code="invalid_value")
+        return RequestError(err.render(lambda name: BODY_NAMES.get(name, name)), param=param or field)
     message = str(err)
     if param is None:  # the objectives' own refusals (an autoregressive run and a reveal rule) name the option first
         param = next((name for name in FIELDS if message.startswith(name) or f" {name} " in message[:40]), None)

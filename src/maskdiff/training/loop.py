@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint
-from maskdiff.config import RESUMABLE_KEYS, RunConfig, resume_conflicts
+from maskdiff.config import RunConfig
 from maskdiff.data import evaluation_sequences, prepare_data
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
@@ -33,6 +33,7 @@ from maskdiff.plots import plot_loss
 from maskdiff.tokenizer import Tokenizer, load_tokenizer
 from maskdiff.training.interrupt import StopRequest
 from maskdiff.training.parallel import training_module
+from maskdiff.training.resume import Outcome, ResumeMode, ResumePlan, plan_resume
 from maskdiff.training.state import TrainState
 from maskdiff.training.step import StepOutcome, train_step
 
@@ -66,36 +67,6 @@ class StartFrom:
 
 
 # ---------------------------------------------------------------------------- set-up
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Resuming needs a checkpoint in ``run_dir``; a new run must not overwrite one."""
-    if resume:
-        if latest_checkpoint(run_dir) is None:
-            raise MaskdiffError(f"cannot resume: {str(run_dir)!r} holds no checkpoint")
-    elif latest_checkpoint(run_dir) is not None or (run_dir / "config.json").exists():
-        raise MaskdiffError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out")
-
-
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> RunConfig:
-    """The run's saved config, after checking that ``cfg`` changes only what a resume may change
-    (:data:`maskdiff.config.RESUMABLE_KEYS`); every other difference is refused in one line."""
-    saved = RunConfig.load(run_dir / "config.json")
-    conflicts = resume_conflicts(saved, cfg)
-    if conflicts:
-        raise MaskdiffError(
-            f"cannot change on resume: {'; '.join(conflicts)}. A resumed run may change only "
-            f"{', '.join(RESUMABLE_KEYS)}; start a new run (another --out) for the rest"
-        )
-    return saved
-
-
-def resume_checkpoint(run_dir: Path) -> Path:
-    """The newest intact checkpoint of ``run_dir`` (damaged ones are skipped with a warning)."""
-    checkpoint = latest_checkpoint(run_dir, verify=True)
-    if checkpoint is None:
-        raise MaskdiffError(f"cannot resume: every checkpoint in {str(run_dir)!r} is damaged")
-    return checkpoint
-
-
 def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,34 +132,42 @@ class Window:
 
 
 # ---------------------------------------------------------------------------- the run
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True, start_from: StartFrom | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, run_dir: str | Path, resume: bool | ResumePlan = False, progress: bool = True, start_from: StartFrom | None = None
+) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
 
-    Under ``torchrun`` every process trains on its own rows of each batch, with
-    DistributedDataParallel or FSDP2 (``train.parallel``), and evaluation is split across the
-    processes; rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a checkpoint of the
-    current step (``TrainResult.stopped_by``). ``start_from`` (a new run only; fine-tuning)
-    starts the model and its EMA from another run's weights, with that run's vocabulary; a
-    resumed run continues from its own checkpoint whatever it started from.
+    ``resume`` may also be the :class:`~maskdiff.training.resume.ResumePlan` a caller already
+    made for this folder and config (the command line's ``--resume auto``, the scaling runner), so
+    the folder is judged once. Under ``torchrun`` every process trains on its own rows of each
+    batch, with DistributedDataParallel or FSDP2 (``train.parallel``), and evaluation is split
+    across the processes; rank 0 writes the run folder. SIGTERM or SIGINT stops the run after a
+    checkpoint of the current step (``TrainResult.stopped_by``). ``start_from`` (a new run only;
+    fine-tuning) starts the model and its EMA from another run's weights, with that run's
+    vocabulary; a resumed run continues from its own checkpoint whatever it started from.
     """
     run_dir = Path(run_dir)
+    plan = resume if isinstance(resume, ResumePlan) else plan_resume(run_dir, ResumeMode.YES if resume else ResumeMode.NO, cfg)
+    if plan.outcome not in (Outcome.NEW, Outcome.CONTINUE):
+        raise MaskdiffError(plan.reason)
+    if plan.run_dir != run_dir or plan.config not in (None, cfg):
+        raise ValueError(f"the resume plan is for {plan.run_dir} and its config, not for {run_dir} and this one")
     ctx, device = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, run_dir, resume, progress and ctx.is_main, ctx, device, None if resume else start_from)
+        return _train(cfg, plan, progress and ctx.is_main, ctx, device, None if plan.outcome is Outcome.CONTINUE else start_from)
     finally:
         distributed.teardown(ctx)
 
 
 def _train(
-    cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, ctx: distributed.Context, device: torch.device, start_from: StartFrom | None
+    cfg: RunConfig, plan: ResumePlan, progress: bool, ctx: distributed.Context, device: torch.device, start_from: StartFrom | None
 ) -> TrainResult:
     tc = cfg.train
     precision = resolve_precision(tc.precision, device)
 
-    # set up: check the run folder and the data, build the state and restore it; a failed
-    # start writes nothing
-    check_run_dir(run_dir, resume)
-    saved = check_resume_config(run_dir, cfg) if resume else None
+    # set up: read the data, build the state and restore it (the plan has judged the run
+    # folder); a failed start writes nothing
+    run_dir, resume = plan.run_dir, plan.outcome is Outcome.CONTINUE
     given_tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else start_from.tokenizer if start_from else None
     accum = tc.accumulation(ctx.world_size)
     tokenizer, splits = prepare_data(cfg.data, given_tokenizer)
@@ -205,12 +184,9 @@ def _train(
             + (f" ({accum} micro-batches)" if accum > 1 else "")
             + (f" | starting from {start_from.checkpoint} ({start_from.weights} weights)" if start_from is not None else "")
         )
-    checkpoint = None
-    if resume:
-        checkpoint = resume_checkpoint(run_dir)
-        state.restore(checkpoint, ctx, previous_steps=saved.train.steps if saved else None)
-        if state.step >= tc.steps:
-            raise MaskdiffError(f"the run already finished {state.step} of train.steps={tc.steps}; raise train.steps to go on")
+    checkpoint = plan.checkpoint
+    if checkpoint is not None:
+        state.restore(checkpoint, ctx, previous_steps=plan.saved.train.steps if plan.saved else None)
     write_run_files(run_dir, cfg, tokenizer, resume, ctx, start_from)
 
     trained = training_module(state.model, ddp=ctx.active)
