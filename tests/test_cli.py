@@ -282,7 +282,7 @@ def test_every_command_reads_typed_inputs_made_of_its_own_flags():
         dests = {a.dest for a in parser._actions}
         for cls in declared if isinstance(declared, tuple) else (declared,):
             assert dataclasses.is_dataclass(cls), words
-            made = {f.name for f in dataclasses.fields(cls)} - {"rule_options", "limits"}  # made from several flags
+            made = {f.name for f in dataclasses.fields(cls)} - {"sampler_options", "limits"}  # made from several flags
             assert made <= dests, (words, made - dests)
 
 
