@@ -233,7 +233,7 @@ def test_every_text_preset_has_an_autoregressive_twin(capsys):
     assert code == 0
     for name in TEXT_PRESETS:
         cfg = get_preset(f"ar-{name}")
-        assert f"ar-{name}" in out and cfg.diffusion.objective == "ar" and cfg.model.causal
+        assert f"ar-{name}" in out and cfg.objective.name == "ar" and cfg.model.causal
         base = get_preset(name)  # the same network (made causal), data and training
         assert (cfg.data, cfg.train) == (base.data, base.train)
         assert {k: v for k, v in vars(cfg.model).items() if k != "causal"} == {k: v for k, v in vars(base.model).items() if k != "causal"}

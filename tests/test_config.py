@@ -18,10 +18,10 @@ def test_presets_are_valid_and_round_trip_through_json(name, tmp_path):
 
 def test_overrides_are_parsed_by_type():
     cfg = get_preset("tiny").with_overrides(
-        ["train.steps=200", "train.lr=3e-4", "model.time_conditioning=true", "diffusion.schedule=cosine", "data.path=x.txt"]
+        ["train.steps=200", "train.lr=3e-4", "model.time_conditioning=true", "objective.schedule=cosine", "data.path=x.txt"]
     )
     assert cfg.train.steps == 200 and cfg.train.lr == 3e-4
-    assert cfg.model.time_conditioning is True and cfg.diffusion.schedule == "cosine" and cfg.data.path == "x.txt"
+    assert cfg.model.time_conditioning is True and cfg.objective.schedule == "cosine" and cfg.data.path == "x.txt"
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,9 @@ def test_an_fsdp_checkpoint_evaluates_in_one_process_to_the_bound_the_run_report
     cfg = run.config
     _, splits = prepare_data(cfg.data, run.tokenizer)
     valid, _ = evaluation_sequences(splits, "valid", cfg.data.seq_len)
-    # the run evaluated in batches of its whole micro-batch (2 x 4), split across its processes
-    result = evaluate_nelbo(run.model, valid, batch_size=8, seed=cfg.train.seed + 3)
+    # the run evaluated in batches of its whole micro-batch (2 x 4), split across its processes,
+    # with train.final_eval_samples draws per sequence
+    result = evaluate_nelbo(run.model, valid, batch_size=8, samples=cfg.train.final_eval_samples, seed=cfg.train.seed + 3)
     assert result.bits_per_token == pytest.approx(rows(fsdp_run)[-1]["valid_bits"], rel=1e-5)
 
 

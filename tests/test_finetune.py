@@ -311,3 +311,27 @@ def test_bad_fine_tuning_input_is_one_line(source_run, qa_pairs, tmp_path, capsy
         assert code == 1 and err.count("\n") == 1 and "internal error" not in err, err
         assert __import__("re").search(message, err), (message, err)
     assert not (tmp_path / "never").exists()  # a failed start writes nothing
+
+
+@pytest.mark.parametrize("preset", ["tiny", "ar-tiny"])
+def test_a_split_too_small_for_an_error_bar_is_named_and_nan_is_never_printed(preset, tmp_path, capsys):
+    from maskdiff.cli.train import report_training
+    from maskdiff.presets import get_preset
+    from maskdiff.training import train
+
+    pairs = pairs_file(tmp_path, [{"prompt": f"{w} is it? ", "response": "Yes."} for w in ["The king", "A lady", "Her lord", "Thy heart"] * 5])
+    cfg = get_preset(preset).with_overrides([f"data.path={pairs}", "data.format=pairs", "data.eos=#", *SMALL, "train.steps=3", "train.eval_every=2"])
+    result = train(cfg, tmp_path / "run", progress=True)  # 20 pairs: one validation example
+    report_training(result, "finetune")
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "validation split holds 1 sequence" in warnings[0]
+    assert "nan" not in out.lower() and "nan" not in err.lower()
+    assert result.valid.num_sequences == 1
+    if preset == "ar-tiny":  # one exact value: no error bar at all, and it says so
+        assert "no error bar" in out
+    # `maskdiff eval` on the one-example test split says so too, in one line
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "gives 1 sequence: too few for an error bar" in err
+    assert "nan" not in out.lower()

@@ -405,12 +405,12 @@ def test_mixed_sizes_and_wrong_channels_are_one_line_cli_errors(tmp_path, capsys
     rgb.mkdir()
     Image.fromarray(random_images(1, 8, 3)[0]).save(rgb / "a.png")
     code, err = image_train(capsys, rgb, "--set", "data.format=folder", "--set", "data.image_size=8", "--set", "data.seq_len=64")
-    assert code == 1 and "has 3 channel(s), but data.channels is 1" in err and err.count("\n") == 1
+    assert code == 1 and "has 3 channels, but data.channels is 1" in err and err.count("\n") == 1
     cifar = tmp_path / "cifar"
     cifar.mkdir()
     write_cifar_batch(cifar / "data_batch_1", random_images(2, 32, 3), [0, 1])
     code, err = image_train(capsys, cifar, "--set", "data.format=cifar10", "--set", "data.image_size=32", "--set", "data.seq_len=1024")
-    assert code == 1 and "do not fit 32x32 images with 1 channel(s)" in err
+    assert code == 1 and "do not fit 32x32 images with 1 channel " in err
     assert not (cifar / "run").exists()
 
 

@@ -279,7 +279,7 @@ def test_token_presets_and_their_autoregressive_twins():
         cfg = get_preset(name)
         assert cfg.data.format == "tokens" and f"ar-{name}" in PRESETS
         twin = get_preset(f"ar-{name}")
-        assert twin.model.causal and twin.diffusion.objective == "ar" and twin.data == cfg.data
+        assert twin.model.causal and twin.objective.name == "ar" and twin.data == cfg.data
     small = get_preset("md4-small")
     assert (small.model.n_layers, small.model.d_model, small.data.seq_len) == (12, 768, 1024)
     assert (get_preset("md4-medium").model.n_layers, get_preset("md4-medium").model.d_model) == (24, 1024)
@@ -288,3 +288,15 @@ def test_token_presets_and_their_autoregressive_twins():
     assert smdm.model.mlp == "swiglu" and smdm.model.norm == "rmsnorm"
     head = (smdm.model.d_model + 1) * 50257  # the output layer's weights and biases
     assert abs(parameter_count(smdm) - head - 113e6) / 113e6 < 0.01
+
+
+def test_a_text_file_given_as_prepared_data_suggests_the_prepare_command_that_reads_it(tmp_path, capsys):
+    text = tmp_path / "en.txt"
+    text.write_text("Some English text.\n")
+    code = main(["train", "--preset", "bpe-tiny", "--data", str(text), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert f"maskdiff prepare --tokenizer gpt2 --data {text} --out DIR" in err and "--out en.txt" not in err
+    code = main(["train", "--preset", "bpe-tiny", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "does not exist" in err and f"--out {tmp_path / 'missing'}" in err

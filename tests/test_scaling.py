@@ -80,7 +80,7 @@ def test_fit_recovers_the_optimal_size_exponent_of_a_chinchilla_loss():
 def test_fit_refuses_too_few_sizes_and_curves_without_a_valley():
     points = isoflop_points("mdm", 0.1, 0.5, 40.0, -0.05, noise=0.0, seed=0, budgets=[1e12, 1e13])
     two_sizes = [p for p in points if p.budget == 1e12][:2] + [p for p in points if p.budget == 1e13]
-    with pytest.raises(MaskdiffError, match=r"budget 1e\+12 \(mdm\) has runs of 2 size\(s\); a parabola needs at least 3"):
+    with pytest.raises(MaskdiffError, match=r"budget 1e\+12 \(mdm\) has runs of 2 sizes; a parabola needs at least 3"):
         fit_study(two_sizes)
     # straight (a ~ 0 from rounding) or bending down: no minimum; the budget is kept, out of the power laws
     for curve in (lambda x: 5 - x, lambda x: 5 - x - 0.01 * x**2):
@@ -130,7 +130,7 @@ def test_plan_spends_every_budget_within_one_percent(corpus_file, tmp_path, caps
     # the autoregressive family has the same shapes, made causal
     ar = plan_isoflops("ar", budgets, data=str(corpus_file))
     assert [(r.n_layers, r.d_model, r.steps) for r in ar.runs] == [(r.n_layers, r.d_model, r.steps) for r in plan.runs]
-    assert ar.run_config(ar.runs[0]).model.causal and ar.run_config(ar.runs[0]).diffusion.objective == "ar"
+    assert ar.run_config(ar.runs[0]).model.causal and ar.run_config(ar.runs[0]).objective.name == "ar"
 
 
 def one_line_error(capsys, argv: list[str], message: str) -> None:

@@ -243,3 +243,46 @@ def test_a_checkpoint_without_skipped_steps_still_resumes(corpus_file, tmp_path)
     state.skipped_steps = 7
     state.restore(checkpoint, distributed.Context())
     assert (state.step, state.skipped_steps) == (4, 0)
+
+
+# ---------------------------------------------------------------- what a run reports
+def test_the_end_of_training_bound_agrees_with_eval_within_its_error_bars(corpus_file, tmp_path):
+    from maskdiff.evaluation import evaluate_checkpoint
+
+    cfg = quick(corpus_file, "train.steps=6", "model.n_layers=1", "model.d_model=32", "data.seq_len=32")
+    result = train(cfg, tmp_path / "run", progress=False)
+    final = result.valid
+    assert final.samples_per_sequence == cfg.train.final_eval_samples == 8
+    assert final.how_estimated() == "8 Monte Carlo draws each"
+    # `maskdiff eval -k 32` on the same split: the same sequences and weights, so the two differ
+    # only by their Monte Carlo errors
+    again, _ = evaluate_checkpoint(tmp_path / "run", split="valid", mc_samples=32, precision="fp32")
+    assert again.num_sequences == final.num_sequences
+    both = (final.bits_per_token_mc_stderr**2 + again.bits_per_token_mc_stderr**2) ** 0.5
+    assert abs(final.bits_per_token - again.bits_per_token) < 3 * both, (final, again)
+    # an exact likelihood takes one pass, whatever the setting
+    ar = get_preset("ar-tiny").with_overrides(
+        [f"data.path={corpus_file}", "data.seq_len=32", "model.n_layers=1", "model.d_model=32", "train.steps=2"]
+    )
+    exact = train(ar.with_overrides(["train.eval_every=0", "train.precision=fp32", "train.batch_size=4"]), tmp_path / "ar", progress=False).valid
+    assert exact.samples_per_sequence == 1 and exact.how_estimated() == "one pass each"
+
+
+def test_in_a_log_the_run_writes_a_plain_line_per_logged_step_and_quiet_keeps_the_header(corpus_file, tmp_path, capsys):
+    from maskdiff.cli import main
+
+    cfg = quick(corpus_file, "train.steps=6", "train.log_every=2", "model.n_layers=1", "model.d_model=32", "data.seq_len=32")
+    train(cfg, tmp_path / "run", progress=True)  # under pytest stderr is a file, not a terminal
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "█" not in err  # no progress bar redraws
+    lines = [line for line in err.splitlines() if line.startswith("train: step")]
+    assert [line.split(":")[1].strip() for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert all("loss" in line and "bits/char" in line and "tok/s" in line for line in lines)
+    assert "parameters" in out and "fp32" in out
+
+    sets = [arg for item in ["train.steps=2", "model.n_layers=1", "model.d_model=32", "train.precision=fp32"] for arg in ("--set", item)]
+    assert main(["train", "--data", str(corpus_file), "--out", str(tmp_path / "quiet"), "--quiet", *sets]) == 0
+    out, err = capsys.readouterr()
+    header = [line for line in out.splitlines() if line.startswith("maskdiff: run folder")]
+    assert len(header) == 1 and "parameters" in header[0] and "fp32" in header[0]
+    assert "train: step" not in err

@@ -34,6 +34,7 @@ EXPORTS = {
     "RunConfig": "maskdiff.config",
     "ModelConfig": "maskdiff.config",
     "DiffusionConfig": "maskdiff.config",
+    "ObjectiveConfig": "maskdiff.config",
     "DataConfig": "maskdiff.config",
     "TrainConfig": "maskdiff.config",
 }
@@ -42,7 +43,7 @@ __all__ = ["__version__", *SUBMODULES, *EXPORTS]
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from maskdiff import data, evaluation, generation, nets, objectives, sampling, schedules, training  # noqa: F401
     from maskdiff.checkpoint import LoadedRun, load_run  # noqa: F401
-    from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig  # noqa: F401
+    from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig  # noqa: F401
     from maskdiff.errors import MaskdiffError  # noqa: F401
     from maskdiff.nets import Transformer  # noqa: F401
     from maskdiff.objectives import Autoregressive, GenMD4, MaskedDiffusion, Objective  # noqa: F401

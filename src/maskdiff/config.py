@@ -1,8 +1,10 @@
-"""Typed run configuration: model, diffusion, data and training sections, validated when built.
+"""Typed run configuration: model, objective, data and training sections, validated when built.
 
 Every field carries a one-line doc (``maskdiff presets --show NAME`` prints them). A run folder
 stores the resolved config as config.json, so nothing about a run lives only in a command line.
-Overrides use dotted keys, e.g. ``train.steps=200`` or ``model.d_model=256``.
+Overrides use dotted keys, e.g. ``train.steps=200`` or ``model.d_model=256``. Two sections take
+their type from a choice: ``model`` from ``model.architecture`` and ``objective`` from
+``objective.name``, so each holds only what its network or objective uses.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskdiff import schedules
-from maskdiff.data import FORMATS
+from maskdiff.data import FORMATS, DataFormat, Modality
 from maskdiff.errors import MaskdiffError
 from maskdiff.nets import ARCHITECTURES, TransformerConfig, UNetConfig, UViTConfig
-from maskdiff.objectives import OBJECTIVES
+from maskdiff.objectives import OBJECTIVES, ObjectiveSection
+from maskdiff.registry import Registry
 from maskdiff.sections import Section, option
 
 ModelSection = TransformerConfig | UNetConfig | UViTConfig
@@ -37,30 +40,28 @@ def ModelConfig(architecture: str = "transformer", **fields: Any) -> Any:  # noq
         raise MaskdiffError(f"invalid config: model.architecture={architecture}: {err}") from None
 
 
-@dataclass
-class DiffusionConfig(Section):
-    objective: str = option(
-        "md4",
-        "md4 (one masking schedule for all tokens), genmd4 (a learned schedule per token value) or "
-        "ar (the autoregressive baseline: next-token prediction, exact likelihood; needs model.causal=true, ignores the other diffusion keys)",
-    )
-    schedule: str = option("linear", "md4 masking schedule: linear, cosine, polyK (e.g. poly2), geometric, loglinear")
-    power_init: float = option(1.0, "genmd4: initial exponent w of every token's schedule 1 - t^w (1: linear)")
-    t1: float = option(1e-3, "genmd4: smallest time of the integral; a closed-form reconstruction term covers [0, t1]")
+def ObjectiveConfig(name: str = "md4", **fields: Any) -> Any:  # noqa: N802 (reads as the section type it builds)
+    """The ``objective`` section for objective ``name``: each objective has its own typed section
+    (:class:`~maskdiff.objectives.MD4Config`, :class:`~maskdiff.objectives.GenMD4Config`, ...),
+    registered in :data:`maskdiff.objectives.OBJECTIVES`; ``fields`` are that section's fields."""
+    section_cls = OBJECTIVES.get(name).config
+    try:
+        return section_cls(name=name, **fields)
+    except TypeError as err:
+        raise MaskdiffError(f"invalid config: objective.name={name}: {err}") from None
 
-    def problems(self) -> list[str]:
-        out = []
-        if self.objective not in OBJECTIVES:
-            out.append(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        try:
-            schedules.get(self.schedule)
-        except MaskdiffError as err:
-            out.append(f"diffusion.schedule: {err}")
-        if not self.power_init > 0:
-            out.append("diffusion.power_init must be > 0")
-        if not 0 <= self.t1 < 1:
-            out.append("diffusion.t1 must be in [0, 1)")
-        return out
+
+def DiffusionConfig(objective: str = "md4", **fields: Any) -> Any:  # noqa: N802 (the earlier name of the objective section)
+    """The ``objective`` section under its earlier name, when it was the ``diffusion`` section:
+    ``DiffusionConfig(objective="genmd4", power_init=2.0)`` is ``ObjectiveConfig("genmd4", power_init=2.0)``.
+    Keys of that section which this objective has no use for (``schedule`` of GenMD4, ...) are dropped, as they were ignored."""
+    own = OBJECTIVES.get(objective).config.docs()
+    return ObjectiveConfig(objective, **{key: value for key, value in fields.items() if key in own or key not in LEGACY_DIFFUSION_KEYS})
+
+
+# the keys of the ``diffusion`` section that config files and --set used before each objective had
+# its own section, and what they are now; the old spellings are read for one release
+LEGACY_DIFFUSION_KEYS = {"objective": "name", "schedule": "schedule", "power_init": "power_init", "t1": "t1"}
 
 
 @dataclass
@@ -88,9 +89,14 @@ class DataConfig(Section):
     )
 
     @property
-    def modality(self) -> str:
-        """What the format declares its data to be: "text" or "image" (H*W*C sub-pixel tokens in 0..255)."""
-        return FORMATS.get(self.format).modality
+    def data_format(self) -> DataFormat:
+        """The registered format of ``data.format``: ask it what differs between formats."""
+        return FORMATS.get(self.format)
+
+    @property
+    def modality(self) -> Modality:
+        """What the format declares its data to be: text, or images (H*W*C sub-pixel tokens in 0..255)."""
+        return self.data_format.modality
 
     def problems(self) -> list[str]:
         out = []
@@ -98,17 +104,8 @@ class DataConfig(Section):
             out.append("data.seq_len must be >= 1")
         if self.format not in FORMATS:
             out.append(f"data.format must be one of {', '.join(FORMATS)}, not {self.format!r}")
-        elif self.format == "pairs" and len(self.eos) != 1:
-            out.append(f"data.format=pairs needs data.eos, the end-of-text character (exactly one character), not {self.eos!r}")
-        elif self.format != "pairs" and self.eos:
-            out.append("data.eos applies to data.format=pairs")
-        elif self.modality == "image":
-            if self.image_size < 1 or self.channels not in (1, 3, 4):
-                out.append("image data need data.image_size >= 1 and data.channels 1, 3 or 4")
-            elif self.seq_len != self.image_size**2 * self.channels:
-                out.append(
-                    f"data.seq_len must be image_size * image_size * channels = {self.image_size**2 * self.channels} for images, not {self.seq_len}"
-                )
+        else:
+            out += self.data_format.problems(self)
         for name in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 out.append(f"data.{name} must be in (0, 0.5)")
@@ -138,6 +135,9 @@ class TrainConfig(Section):
     log_every: int = option(25, "steps between logged training metrics")
     eval_every: int = option(250, "steps between validation evaluations; 0 disables")
     eval_sequences: int = option(64, "validation sequences used by periodic evaluation")
+    final_eval_samples: int = option(
+        8, "Monte Carlo draws per sequence of the final validation bound on the whole split (an exact likelihood takes one)"
+    )
     checkpoint_every: int = option(500, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = option(3, "how many recent checkpoints to keep")
     max_bad_steps: int = option(10, "stop after this many steps in a row with a non-finite loss or gradient")
@@ -151,7 +151,17 @@ class TrainConfig(Section):
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_sequences", "keep_checkpoints", "checkpoint_every", "max_bad_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "eval_sequences",
+            "final_eval_samples",
+            "keep_checkpoints",
+            "checkpoint_every",
+            "max_bad_steps",
+        ):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1")
         for name in ("warmup_steps", "eval_every"):
@@ -191,14 +201,34 @@ class TrainConfig(Section):
         return self.global_batch // per_micro_batch
 
 
-# the sections every run has, whatever its architecture; the ``model`` section's type comes from
-# the architecture (maskdiff.nets.ARCHITECTURES)
+@dataclass(frozen=True)
+class Choice:
+    """A section whose type comes from one of its keys: ``key`` names an entry of ``registry``, whose ``config`` is the section type."""
+
+    key: str
+    registry: Registry
+    default: str
+    refusal: str = ""  # how an unknown name is refused ({key}, {names}, {name}); empty: the registry's own words
+
+    def section_type(self, section: str, values: dict) -> type[Section]:
+        name = values.get(self.key, self.default)
+        if self.refusal and name not in self.registry:
+            raise MaskdiffError(self.refusal.format(key=f"{section}.{self.key}", names=", ".join(self.registry), name=name))
+        return self.registry.get(name).config
+
+
+# the sections whose type is chosen: the network (maskdiff.nets.ARCHITECTURES) and the objective
+# (maskdiff.objectives.OBJECTIVES) each register their own
+CHOSEN: dict[str, Choice] = {
+    "model": Choice("architecture", ARCHITECTURES, "transformer"),
+    "objective": Choice("name", OBJECTIVES, "md4", "{key} must be one of {names}, got {name!r}"),
+}
+# the sections every run has whatever it trains
 SECTIONS: dict[str, type[Section]] = {
-    "diffusion": DiffusionConfig,
     "data": DataConfig,
     "train": TrainConfig,
 }
-SECTION_ORDER = ("model", "diffusion", "data", "train")
+SECTION_ORDER = ("model", "objective", "data", "train")
 
 
 def model_section_type(architecture: str) -> type[Section]:
@@ -207,16 +237,18 @@ def model_section_type(architecture: str) -> type[Section]:
 
 
 def section_type(name: str, values: dict) -> type[Section] | None:
-    """The section class for ``name`` given its raw values (the model's depends on its architecture)."""
-    if name == "model":
-        return model_section_type(values.get("architecture", "transformer"))
+    """The section class for ``name`` given its raw values (the model's depends on its architecture,
+    the objective's on its name)."""
+    if name in CHOSEN:
+        return CHOSEN[name].section_type(name, values)
     return SECTIONS.get(name)
 
 
-def _misplaced_model_key(key: str) -> str:
-    """Why a model key is unknown: it belongs to other architectures, or to none."""
-    owners = [name for name, arch in ARCHITECTURES.items() if key in arch.config.docs()]
-    return f"model.{key} needs model.architecture {' or '.join(owners)}" if owners else f"unknown config key model.{key}"
+def _misplaced_key(section: str, key: str) -> str:
+    """Why a key of a chosen section is unknown: it belongs to other choices (architectures, objectives), or to none."""
+    choice = CHOSEN[section]
+    owners = [name for name, entry in choice.registry.items() if key in entry.config.docs()]
+    return f"{section}.{key} needs {section}.{choice.key} {' or '.join(owners)}" if owners else f"unknown config key {section}.{key}"
 
 
 @dataclass
@@ -225,7 +257,7 @@ class RunConfig:
 
     preset: str = "custom"
     model: ModelSection = field(default_factory=TransformerConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    objective: ObjectiveSection = field(default_factory=lambda: ObjectiveConfig())
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -238,7 +270,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:
-        """Build and validate a config; every problem in every section is reported at once."""
+        """Build and validate a config; every problem in every section is reported at once.
+        A ``diffusion`` section (the earlier form of ``objective``) is read as the objective's."""
+        raw = upgrade_diffusion_section(raw)
         unknown = sorted(set(raw) - set(SECTION_ORDER) - {"preset"})
         problems = [f"unknown config section {name!r}" for name in unknown]
         sections = {}
@@ -252,7 +286,7 @@ class RunConfig:
             assert section_cls is not None
             names = {f.name for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
             for key in sorted(set(values) - names):
-                problems.append(_misplaced_model_key(key) if name == "model" else f"unknown config key {name}.{key}")
+                problems.append(_misplaced_key(name, key) if name in CHOSEN else f"unknown config key {name}.{key}")
             kwargs = {k: v for k, v in values.items() if k in names}
             problems += [p for key, value in kwargs.items() for p in _type_problems(section_cls, name, key, value)]
             section = section_cls.__new__(section_cls)
@@ -264,7 +298,7 @@ class RunConfig:
             sections[name] = section
         if not problems:
             problems = [p for s in sections.values() for p in s.problems()]
-            problems += objective_problems(sections["model"], sections["diffusion"])  # type: ignore[arg-type]
+            problems += sections["objective"].network_problems(sections["model"])  # type: ignore[attr-defined]
         if problems:
             raise MaskdiffError("invalid config: " + "; ".join(problems))
         return cls(preset=str(raw.get("preset", "custom")), **sections)  # type: ignore[arg-type]
@@ -272,14 +306,19 @@ class RunConfig:
     def with_overrides(self, overrides: list[str]) -> RunConfig:
         """A copy with ``section.key=value`` strings applied (values parsed by the field's type).
 
-        ``model.architecture=NAME`` switches the model section to that architecture's type,
-        keeping the values of the fields both types have.
+        ``model.architecture=NAME`` switches the model section to that architecture's type, and
+        ``objective.name=NAME`` the objective section to that objective's, keeping the values of
+        the fields both types have. The earlier spellings ``diffusion.KEY`` still work for one
+        release, with a one-line note; errors then name the key as it was spelled.
         """
         raw = self.to_dict()
         problems = []  # every bad override is reported, together with the config's own problems
+        spelled: dict[str, str] = {}  # key as maskdiff names it -> as the user spelled it
         for item in overrides:
             try:
-                _apply_override(raw, item, self)
+                item = _respell(item, spelled, raw)
+                if item:
+                    _apply_override(raw, item, self)
             except MaskdiffError as err:
                 problems.append(str(err).removeprefix("invalid config: "))
         try:
@@ -287,7 +326,10 @@ class RunConfig:
         except MaskdiffError as err:
             problems.append(str(err).removeprefix("invalid config: "))
         if problems:
-            raise MaskdiffError("invalid config: " + "; ".join(problems))
+            message = "invalid config: " + "; ".join(problems)
+            for key, spelling in spelled.items():
+                message = message.replace(key, spelling)
+            raise MaskdiffError(message)
         return cfg
 
     def save(self, path: Path) -> None:
@@ -301,7 +343,7 @@ class RunConfig:
             raise MaskdiffError(f"no config.json in {Path(path).parent}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise MaskdiffError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(_upgrade(raw))
+        return cls.from_dict(_drop_legacy_model_keys(raw))
 
 
 # what may differ between a run's saved config and the config it resumes with: how long it runs
@@ -312,6 +354,7 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.eval_every",
     "train.eval_sequences",
+    "train.final_eval_samples",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.max_bad_steps",
@@ -342,27 +385,49 @@ def _apply_override(raw: dict, item: str, cfg: RunConfig) -> None:
     section, _, name = key.strip().partition(".")
     section_cls = section_type(section, raw.get(section, {})) if section in SECTION_ORDER else None
     if section_cls is None or name not in section_cls.docs():
-        if section == "model" and section_cls is not None:
-            raise MaskdiffError(f"{_misplaced_model_key(name)}{_suggest(key.strip(), cfg)}")
+        if section in CHOSEN and section_cls is not None:
+            raise MaskdiffError(f"{_misplaced_key(section, name)}{_suggest(key.strip(), cfg)}")
         raise MaskdiffError(f"unknown config key {key.strip()!r}{_suggest(key.strip(), cfg)}")
     raw[section][name] = parse_value(section_cls, section, name, text.strip())
-    if section == "model" and name == "architecture":
-        raw["model"] = _keep_known(raw["model"], model_section_type(raw["model"]["architecture"]))
+    choice = CHOSEN.get(section)
+    if choice is not None and name == choice.key and raw[section][name] in choice.registry:  # an unknown one is reported with the rest
+        raw[section] = _keep_known(raw[section], choice.section_type(section, raw[section]))
 
 
-def objective_problems(model: Section, diffusion: DiffusionConfig) -> list[str]:
-    """What the objective needs of the network: the autoregressive one a causal transformer.
+_NOTED: set[str] = set()  # the old spellings already noted in this process
 
-    A config says so rather than the builder switching it on, so config.json shows the network
-    that was trained. (A causal network under a diffusion objective is allowed: a weaker denoiser.)
-    """
-    if diffusion.objective != "ar":
-        return []
-    if not isinstance(model, TransformerConfig):
-        return [f"diffusion.objective=ar needs model.architecture=transformer, not {model.architecture}"]  # type: ignore[attr-defined]
-    if not model.causal:
-        return ["diffusion.objective=ar needs model.causal=true (next-token prediction must not see later tokens)"]
-    return []
+
+def _respell(item: str, spelled: dict[str, str], raw: dict) -> str:
+    """An override in the earlier ``diffusion.KEY=VALUE`` spelling as ``objective.KEY=VALUE``, noted
+    once on stderr; empty when the objective of ``raw`` has no such key (the earlier section
+    accepted it and the objective ignored it, so it is still ignored)."""
+    key, sep, text = item.partition("=")
+    section, _, name = key.strip().partition(".")
+    if section != "diffusion" or name not in LEGACY_DIFFUSION_KEYS:
+        return item
+    new = f"objective.{LEGACY_DIFFUSION_KEYS[name]}"
+    spelled[new] = key.strip()
+    used = name == "objective" or LEGACY_DIFFUSION_KEYS[name] in CHOSEN["objective"].section_type("objective", raw["objective"]).docs()
+    if key.strip() not in _NOTED:
+        _NOTED.add(key.strip())
+        ignored = "" if used else f" (objective {raw['objective'].get('name')} has none: ignored)"
+        print(f"maskdiff: note: {key.strip()} is now {new}{ignored}; the old spelling goes in the next release", file=sys.stderr)
+    return f"{new}{sep}{text}" if used else ""
+
+
+def upgrade_diffusion_section(raw: dict) -> dict:
+    """A config written before each objective had its own section held ``diffusion``
+    (``objective``, ``schedule``, ``power_init``, ``t1``): it becomes the objective's section,
+    without the keys that objective never used."""
+    old = raw.get("diffusion")
+    if not isinstance(old, dict) or "objective" in raw:
+        return raw
+    values = {LEGACY_DIFFUSION_KEYS.get(key, key): value for key, value in old.items()}
+    name = values.setdefault("name", "md4")
+    if name in OBJECTIVES:
+        own = OBJECTIVES.get(name).config.docs()
+        values = {key: value for key, value in values.items() if key in own or key not in LEGACY_DIFFUSION_KEYS.values()}
+    return {**{key: value for key, value in raw.items() if key != "diffusion"}, "objective": values}
 
 
 def _keep_known(values: dict, section_cls: type[Section]) -> dict:
@@ -371,7 +436,7 @@ def _keep_known(values: dict, section_cls: type[Section]) -> dict:
     return {k: v for k, v in values.items() if k in known}
 
 
-def _upgrade(raw: dict) -> dict:
+def _drop_legacy_model_keys(raw: dict) -> dict:
     """A config.json written before each architecture had its own model section held every
     architecture's fields in one section; the fields of other architectures are dropped."""
     model = raw.get("model")

@@ -1,7 +1,7 @@
 """Assemble a trainable objective (denoiser + objective) from a run config.
 
 Two independent choices, each looked up in its registry: the network (``model.architecture`` in
-:data:`maskdiff.nets.ARCHITECTURES`) and the objective that wraps it (``diffusion.objective`` in
+:data:`maskdiff.nets.ARCHITECTURES`) and the objective that wraps it (``objective.name`` in
 :data:`maskdiff.objectives.OBJECTIVES`).
 """
 
@@ -24,7 +24,7 @@ def build_denoiser(cfg: RunConfig, vocab_size: int) -> nn.Module:
     """
     name = cfg.model.architecture
     architecture = ARCHITECTURES.get(name)
-    if architecture.modality == "image" and cfg.data.modality != "image":
+    if not cfg.data.data_format.fits(architecture.modality):
         raise MaskdiffError(f"model.architecture={name} models images; set data.format to an image format")
     return architecture.build(cfg.model, vocab_size, cfg.data.image_size, cfg.data.channels)
 
@@ -34,4 +34,4 @@ def build_model(cfg: RunConfig, vocab_size: int, seed: int | None = None) -> Obj
     if seed is not None:
         torch.manual_seed(seed)
     denoiser = build_denoiser(cfg, vocab_size)
-    return OBJECTIVES.get(cfg.diffusion.objective)(cfg.diffusion, denoiser, vocab_size)
+    return OBJECTIVES.get(cfg.objective.name).build(cfg.objective, denoiser, vocab_size)

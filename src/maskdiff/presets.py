@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from maskdiff.config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from maskdiff.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
 from maskdiff.data.images import FASHION_MNIST_DIR
-from maskdiff.data.shards import is_prepared, read_meta
-from maskdiff.data.text import BUILT_IN_VOCAB_SIZE
 from maskdiff.errors import MaskdiffError
 from maskdiff.models import build_model
 
@@ -25,7 +22,7 @@ def tiny() -> RunConfig:
     return RunConfig(
         preset="tiny",
         model=ModelConfig(n_layers=2, d_model=128, n_heads=4),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(seq_len=128),
         train=TrainConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=750, checkpoint_every=750),
     )
@@ -36,7 +33,7 @@ def small() -> RunConfig:
     return RunConfig(
         preset="small",
         model=ModelConfig(n_layers=6, d_model=256, n_heads=4),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(seq_len=256),
         train=TrainConfig(steps=20_000, batch_size=32, lr=1e-3, warmup_steps=500, eval_every=1000, checkpoint_every=1000),
     )
@@ -62,13 +59,10 @@ def text8() -> RunConfig:
     return RunConfig(
         preset="text8",
         model=ModelConfig(n_layers=12, d_model=768, n_heads=12, dropout=0.0),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(path="text8", seq_len=256, valid_fraction=0.05, test_fraction=0.05),
         train=md4_training(),
     )
-
-
-GPT2_VOCAB_SIZE = 50_257  # what token presets are counted with before their data is prepared
 
 
 def bpe_tiny() -> RunConfig:
@@ -77,7 +71,7 @@ def bpe_tiny() -> RunConfig:
     return RunConfig(
         preset="bpe-tiny",
         model=ModelConfig(n_layers=4, d_model=128, n_heads=4),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(format="tokens", seq_len=128),
         train=TrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, eval_every=100, eval_sequences=32, checkpoint_every=100, log_every=10),
     )
@@ -93,7 +87,7 @@ def md4(name: str, n_layers: int, d_model: int, n_heads: int, doc: str) -> Calla
         return RunConfig(
             preset=name,
             model=ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, dropout=0.02),
-            diffusion=DiffusionConfig(schedule="linear"),
+            objective=ObjectiveConfig("md4", schedule="linear"),
             data=DataConfig(format="tokens", seq_len=1024),
             train=md4_training(),
         )
@@ -135,7 +129,7 @@ def smdm(size: int) -> Callable[[], RunConfig]:
         return RunConfig(
             preset=f"smdm-{size}m",
             model=ModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads, mlp="swiglu", norm="rmsnorm"),
-            diffusion=DiffusionConfig(schedule="linear"),
+            objective=ObjectiveConfig("md4", schedule="linear"),
             data=DataConfig(format="tokens", seq_len=SMDM_SEQ_LEN),
             train=TrainConfig(
                 steps=steps,
@@ -165,7 +159,7 @@ def genmd4(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     def preset() -> RunConfig:
         cfg = base()
         cfg.preset = f"genmd4-{cfg.preset}"
-        cfg.diffusion = DiffusionConfig(objective="genmd4", power_init=1.0, t1=1e-3)
+        cfg.objective = ObjectiveConfig("genmd4", power_init=1.0, t1=1e-3)
         # with state-dependent masking the exact posterior depends on t, so the network sees it
         cfg.model.time_conditioning = True
         return cfg
@@ -181,7 +175,7 @@ def autoregressive(base: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
     def preset() -> RunConfig:
         cfg = base()
         cfg.preset = f"ar-{cfg.preset}"
-        cfg.diffusion = DiffusionConfig(objective="ar")
+        cfg.objective = ObjectiveConfig("ar")
         cfg.model = ModelConfig(**{**vars(cfg.model), "causal": True})  # a text preset's model is a transformer
         return cfg
 
@@ -194,7 +188,7 @@ def image_tiny() -> RunConfig:
     return RunConfig(
         preset="image-tiny",
         model=ModelConfig(architecture="unet", n_layers=2, d_model=32, n_heads=1, pixel_features=8, time_conditioning=False),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(format="idx", path=FASHION_MNIST_DIR, image_size=28, channels=1, seq_len=28 * 28, valid_fraction=0.02),
         train=TrainConfig(
             steps=500,
@@ -224,7 +218,7 @@ def cifar10() -> RunConfig:
             dropout=0.1,
             time_conditioning=True,
         ),
-        diffusion=DiffusionConfig(schedule="linear"),
+        objective=ObjectiveConfig("md4", schedule="linear"),
         data=DataConfig(format="cifar10", path="cifar-10-batches-py", image_size=32, channels=3, seq_len=32 * 32 * 3, valid_fraction=0.02),
         train=TrainConfig(
             steps=2_000_000,
@@ -254,7 +248,7 @@ def imagenet64() -> RunConfig:
             pixel_features=16,
             time_conditioning=True,
         ),
-        diffusion=DiffusionConfig(schedule="cosine"),
+        objective=ObjectiveConfig("md4", schedule="cosine"),
         data=DataConfig(format="npz", path="imagenet64", image_size=64, channels=3, seq_len=64 * 64 * 3, valid_fraction=0.01),
         train=TrainConfig(
             steps=2_000_000,
@@ -295,12 +289,7 @@ def parameter_count(cfg: RunConfig, vocab_size: int | None = None) -> int:
     as scaling laws count N), counted on the meta device (nothing is allocated); ``vocab_size``
     defaults to the built-in corpus's characters for text models, the prepared folder's vocabulary
     for token models (GPT-2's until it is prepared) and 256 intensities for images."""
-    if vocab_size is not None:
-        vocab = vocab_size
-    elif cfg.data.format == "tokens":
-        vocab = read_meta(Path(cfg.data.path))["tokenizer"]["vocab_size"] if cfg.data.path and is_prepared(cfg.data.path) else GPT2_VOCAB_SIZE
-    else:
-        vocab = 256 if cfg.data.modality == "image" else BUILT_IN_VOCAB_SIZE
+    vocab = vocab_size if vocab_size is not None else cfg.data.data_format.vocab_size(cfg.data)
     with torch.device("meta"):
         return build_model(cfg, vocab).num_parameters()
 

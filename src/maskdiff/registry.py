@@ -8,11 +8,25 @@ next to the code that implements them. See docs/architecture.md for where each t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Generic, TypeVar
 
 from maskdiff.errors import MaskdiffError
 
 T = TypeVar("T")
+
+
+class Named(str, Enum):
+    """A closed set of names (modalities, estimators) whose members are their names: equal to,
+    printed and serialised to JSON as the plain string (``enum.StrEnum``, which Python 3.10 lacks)."""
+
+    __hash__ = str.__hash__  # a member finds what its plain name keys (Python 3.10 hashes an Enum by its member name)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class Registry(Generic[T]):

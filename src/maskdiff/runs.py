@@ -26,6 +26,7 @@ from maskdiff.errors import MaskdiffError
 from maskdiff.generation.images import plan_images, sample_images, to_pil
 from maskdiff.generation.text import generate_from_run
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
+from maskdiff.objectives import Estimator
 from maskdiff.sampling import STEPS
 
 
@@ -103,7 +104,7 @@ class Run:
         An image run gives ``n`` images instead: a uint8 tensor [n, H, W, C] (``pil``: a list of
         PIL images), of class ``label`` for a class-conditional run (``cfg`` guides towards it).
         """
-        if self.config.data.modality == "image":
+        if self.config.data.data_format.is_image:
             if length is not None or prompt is not None or eos is not None:
                 raise MaskdiffError("length, prompt and eos are for text runs; an image run samples whole images")
             if not isinstance(seed, int):
@@ -130,7 +131,7 @@ class Run:
         ids = self.encode(text)
         if ids.numel() == 0:
             raise MaskdiffError("nothing to score: the text is empty")
-        draws = 1 if self.model.estimator == "exact" else mc_samples
+        draws = Estimator(self.model.estimator).draws(mc_samples)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         total = torch.zeros(draws, dtype=torch.float64)
         seq_len = self.config.data.seq_len
@@ -145,8 +146,7 @@ class Run:
         return Score(nats, nats / per_bit, stderr / per_bit, ids.numel(), self.model.estimator)
 
     def _need_text(self) -> None:
-        if self.config.data.modality != "text":
-            raise MaskdiffError(f"{self.loaded.run_dir} models {self.config.data.modality}s; sample it with run.sample(n, label=...)")
+        self.config.data.data_format.require_text(self.loaded.run_dir, "sample it with run.sample(n, label=...)")
 
 
 def load(path: str | Path, weights: str = "ema", device: str = "auto", precision: str = "auto") -> Run:

@@ -97,9 +97,9 @@ def _check_pair(mdm: Run, ar: Run, total_length: int) -> None:
     if mdm.model.left_to_right:
         problems.append(f"--mdm {mdm.loaded.run_dir} is an autoregressive run")
     if not ar.model.left_to_right:
-        problems.append(f"--ar {ar.loaded.run_dir} is not an autoregressive run (diffusion.objective=ar)")
+        problems.append(f"--ar {ar.loaded.run_dir} is not an autoregressive run (objective.name=ar)")
     for flag, run in (("--mdm", mdm), ("--ar", ar)):
-        if run.config.data.modality != "text":
+        if not run.config.data.data_format.is_text:
             problems.append(f"{flag} {run.loaded.run_dir} models {run.config.data.modality}s, not text")
         elif total_length > run.config.data.seq_len:
             problems.append(f"prompt + length = {total_length} tokens exceeds {flag}'s sequence length {run.config.data.seq_len}")

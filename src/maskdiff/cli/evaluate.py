@@ -93,20 +93,14 @@ def eval_likelihood(args: LikelihoodArgs) -> int:
         print(json.dumps({**result.to_dict(), **info}, ensure_ascii=False))
         return 0
     unit = info["unit"]
-    if result.estimator == "chain_rule":
-        bound, per_sequence = "exact left-to-right chain-rule NLL", "one network call per token"
-    elif result.estimator == "exact":
-        bound, per_sequence = "exact NLL (autoregressive)", "one pass each"
-    else:
-        bound = "NELBO, continuous-time" if result.timesteps is None else f"NELBO, discrete-time (T={result.timesteps})"
-        per_sequence = f"{plural(result.samples_per_sequence, 'Monte Carlo sample')} each"
+    bound, per_sequence = result.estimator.describe(result.timesteps), result.how_estimated()
     mc = "" if not result.bits_per_token_mc_stderr else f" (Monte Carlo part ± {result.bits_per_token_mc_stderr:.4f})"
     print(f"checkpoint: {info['checkpoint']} (step {info['step']})")
     print(f"data:       {info['data']}: {plural(result.num_sequences, 'sequence')}, {plural(result.num_tokens, 'token')}, {per_sequence}")
     if info["skipped_characters"]:
         print(f"skipped:    {plural(info['skipped_characters'], 'character')} the tokenizer cannot encode")
-    print(f"{bound}: {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{unit}{mc}")
-    print(f"perplexity{' bound' if result.estimator == 'nelbo' else ''}: {result.perplexity:.4f} ± {result.perplexity_stderr:.4f}")
+    print(f"{bound}: {result.bits_figure(unit)}{mc}")
+    print(f"{result.estimator.perplexity_name}: {result.perplexity_figure()}")
     return 0
 
 
@@ -214,7 +208,7 @@ def fill_eval_parser(p: Parser) -> None:
     p.description = (
         "With --checkpoint: the NELBO bound in bits per token and the perplexity bound, with standard "
         "errors (or with --chain-rule the exact likelihood of left-to-right unmasking; for an autoregressive run "
-        "(diffusion.objective=ar) the exact likelihood, estimator 'exact'). With --samples FILE: "
+        "(objective.name=ar) the exact likelihood, estimator 'exact'). With --samples FILE: "
         "generative perplexity under a judge LM, unigram entropy and distinct-n of generated texts."
     )
     p.add_argument("--checkpoint", metavar="DIR", help="run folder or one of its checkpoint folders (needed unless --samples)")

@@ -65,10 +65,9 @@ def report_training(result: TrainResult, command: str) -> int:
         return 0
     v = result.valid
     assert v is not None  # a run that was not stopped early ends with its validation bound
-    what, relation = ("NELBO", "<=") if v.estimator == "nelbo" else ("NLL", "=")  # a bound, or an autoregressive model's exact value
     print(
-        f"done: {plural(result.steps, 'step')}; validation {what} {v.bits_per_token:.4f} ± {v.bits_per_token_stderr:.4f} "
-        f"bits/{result.unit} (perplexity {relation} {v.perplexity:.3f}) over {plural(v.num_tokens, 'token')}\n"
+        f"done: {plural(result.steps, 'step')}; validation {v.estimator.quantity} {v.bits_figure(result.unit)} "
+        f"(perplexity {v.estimator.relation} {v.perplexity:.3f}) over {plural(v.num_tokens, 'token')}, {v.how_estimated()}\n"
         f"checkpoint: {result.checkpoint}\n"
         f"loss curve: {result.run_dir / 'loss.png'}\n"
         f"next: maskdiff sample --checkpoint {result.run_dir}   |   maskdiff eval --checkpoint {result.run_dir}"
@@ -96,7 +95,7 @@ class FinetuneArgs:
         overrides += [f"data.path={self.data}"] if self.data is not None else []
         overrides += [f"data.eos={self.eos}"] if self.eos is not None else []
         cfg = saved.with_overrides(overrides)
-        if cfg.data.format != "pairs":
+        if not cfg.data.data_format.padded_examples:
             raise MaskdiffError(
                 f"{self.out} is not a fine-tuning run (its data format is {cfg.data.format}); continue it with maskdiff train --resume"
             )

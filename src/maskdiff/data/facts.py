@@ -35,7 +35,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
@@ -91,7 +91,7 @@ def make_facts(one_way: int = 100, both_ways: int = 50, seed: int = 0, syllables
     if total > len(descriptions):
         raise MaskdiffError(f"at most {len(descriptions)} entities have distinct descriptions, asked for {total}")
     if total > (len(CONSONANTS) * len(VOWELS)) ** syllables // 2:
-        raise MaskdiffError(f"{total} entities need longer names than {syllables} syllable(s)")
+        raise MaskdiffError(f"{total} entities need longer names than {plural(syllables, 'syllable')}")
     rng = random.Random(seed)
     chosen = rng.sample(descriptions, total)
     names: list[str] = []

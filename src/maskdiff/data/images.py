@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from maskdiff.data.splits import Splits
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.tokenizer import PixelTokenizer
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -73,7 +73,7 @@ def _channel_major_rows(data: np.ndarray, name: str, image_size: int, channels: 
     if data.ndim != 2 or data.shape[1] != expected:
         got = "x".join(map(str, data.shape[1:]))
         raise MaskdiffError(
-            f"{name}: rows of {got} values do not fit {image_size}x{image_size} images with {channels} channel(s) "
+            f"{name}: rows of {got} values do not fit {image_size}x{image_size} images with {plural(channels, 'channel')} "
             f"({expected} values); check data.image_size and data.channels"
         )
     return data.reshape(-1, channels, image_size, image_size).transpose(0, 2, 3, 1)
@@ -176,7 +176,7 @@ def read_cifar_batch(path: Path, image_size: int, channels: int) -> Images:
     raw_labels = batch.get(b"labels", batch.get(b"fine_labels"))
     labels = np.asarray(raw_labels, dtype=np.int64) if raw_labels is not None else None
     if labels is not None and labels.shape != (len(pixels),):
-        raise MaskdiffError(f"{str(path)!r} has {labels.size} labels for {len(pixels)} images")
+        raise MaskdiffError(f"{str(path)!r} has {plural(labels.size, 'label')} for {plural(len(pixels), 'image')}")
     return Images(pixels, labels)
 
 
@@ -231,7 +231,7 @@ def read_npz(path: Path, image_size: int, channels: int) -> Images:
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1) - 1  # the downsampled-ImageNet labels are 1..1000
         if labels.shape != (len(pixels),):
-            raise MaskdiffError(f"{str(path)!r} has {labels.size} labels for {len(pixels)} images")
+            raise MaskdiffError(f"{str(path)!r} has {plural(labels.size, 'label')} for {plural(len(pixels), 'image')}")
     return Images(pixels, labels)
 
 
@@ -270,7 +270,7 @@ def read_image_file(path: str | Path, channels: int | None = None) -> np.ndarray
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if channels is not None and pixels.shape[2] != channels:
-        raise MaskdiffError(f"image {str(path)!r} has {pixels.shape[2]} channel(s), but data.channels is {channels}")
+        raise MaskdiffError(f"image {str(path)!r} has {plural(pixels.shape[2], 'channel')}, but data.channels is {channels}")
     return pixels
 
 
@@ -346,7 +346,7 @@ def load_images(data_cfg) -> tuple[Images, Images | None]:
             continue
         h, w, c = part.pixels.shape[1:]
         if c != channels:
-            raise MaskdiffError(f"the images in {str(path)!r} have {c} channel(s), but data.channels is {channels}")
+            raise MaskdiffError(f"the images in {str(path)!r} have {plural(c, 'channel')}, but data.channels is {channels}")
         if (h, w) != (size, size):
             raise MaskdiffError(f"the images in {str(path)!r} are {w}x{h}, but data.image_size is {size}")
     if test is not None and (train.labels is None) != (test.labels is None):
@@ -362,7 +362,7 @@ def split_images(train: Images, test: Images | None, valid_fraction: float, test
     n_test = 0 if test is not None else int(n * test_fraction)
     if n_valid < 1 or n_test < 1 and test is None or n - n_valid - n_test < 1:
         raise MaskdiffError(
-            f"{n} images are too few to hold out {valid_fraction:.0%} for validation"
+            f"{plural(n, 'image')} {'is' if n == 1 else 'are'} too few to hold out {valid_fraction:.0%} for validation"
             + ("" if test is not None else f" and {test_fraction:.0%} for testing")
             + " with at least one image each; use more images or larger data fractions"
         )

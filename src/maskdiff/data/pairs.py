@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from maskdiff.data.splits import Splits
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.tokenizer import CharTokenizer
 
 FIELDS = ("prompt", "response")
@@ -93,7 +93,7 @@ def check_eos(eos: str, tokenizer: CharTokenizer, texts: str) -> None:
     unused = [c for c in tokenizer.chars if c not in texts]
     hint = f"; characters of the vocabulary the pairs never use: {', '.join(map(repr, unused[:12]))}" if unused else ""
     raise MaskdiffError(
-        f"the end-of-text character {eos!r} is not in the run's vocabulary of {tokenizer.vocab_size} characters "
+        f"the end-of-text character {eos!r} is not in the run's vocabulary of {plural(tokenizer.vocab_size, 'character')} "
         f"(the vocabulary and the embedding are fixed){hint}"
     )
 
@@ -127,7 +127,7 @@ def encode_pairs(pairs: list[Pair], tokenizer: CharTokenizer, eos: str, seq_len:
         used = prompt.numel() + response.numel() + 1
         if used > seq_len:
             raise MaskdiffError(
-                f"{source}:{pair.line}: prompt and response take {used} tokens with the end of text, "
+                f"{source}:{pair.line}: prompt and response take {plural(used, 'token')} with the end of text, "
                 f"more than data.seq_len={seq_len}; raise data.seq_len or shorten the example"
             )
         ids[row, : prompt.numel()] = prompt
@@ -177,7 +177,8 @@ def load_pair_splits(data_cfg) -> dict[str, tuple[list[Pair], Path]]:
     if held_out and (min(counts.values()) < 1 or len(train) - sum(counts.values()) < 1):
         wanted = " and ".join(f"{fractions[name]:.0%} for {'validation' if name == 'valid' else 'testing'}" for name in held_out)
         raise MaskdiffError(
-            f"{len(train)} examples in {str(files['train'])!r} are too few to hold out {wanted} with at least one example each; "
+            f"{plural(len(train), 'example')} in {str(files['train'])!r} {'is' if len(train) == 1 else 'are'} "
+            f"too few to hold out {wanted} with at least one example each; "
             "use more examples, larger data fractions, or a folder with valid.jsonl and test.jsonl"
         )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()

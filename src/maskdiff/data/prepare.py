@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from maskdiff.bpe import BPETokenizer, resolve_tokenizer, train_bpe
 from maskdiff.data.shards import FORMAT, META, SPLITS, TOKENIZER, VERSION, is_prepared, shard_name, token_dtype
 from maskdiff.data.text import built_in_documents, read_text
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, install_hint
 from maskdiff.integrity import file_digest
 
 BUILTIN = "builtin"  # the --data name of the built-in corpus
@@ -103,7 +103,7 @@ def import_datasets():
     try:
         import datasets
     except ImportError:
-        raise MaskdiffError("reading Hugging Face datasets needs the datasets package: pip install 'maskdiff[datasets]'") from None
+        raise MaskdiffError(f"reading Hugging Face datasets needs the datasets package: {install_hint('datasets')}") from None
     return datasets
 
 
@@ -338,7 +338,8 @@ def write_folder(
     documents = dict.fromkeys(SPLITS, 0)
     eot = np.array([bpe.eot_id], dtype=np.int64)
     index = 0
-    with tqdm(total=count, desc="prepare", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with tqdm(total=count, desc="prepare", unit="doc", disable=None if progress else True, dynamic_ncols=True) as bar:
         for batch in batched(all_documents(sources)):
             for ids in bpe.encode_batch(batch):
                 tokens = np.concatenate([np.asarray(ids, dtype=np.int64), eot])

@@ -35,7 +35,7 @@ from tokenizers import Tokenizer
 
 from maskdiff.bpe import BPETokenizer
 from maskdiff.data.splits import Splits
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.integrity import file_problem
 
 META = "prepared.json"
@@ -43,6 +43,16 @@ TOKENIZER = "tokenizer.json"
 FORMAT = "maskdiff-tokens"
 VERSION = 1
 SPLITS = ("train", "valid")
+
+
+GPT2_VOCAB_SIZE = 50_257  # what token presets are counted with before their data is prepared
+
+
+def planned_vocab_size(data_cfg) -> int:
+    """The vocabulary of a ``tokens`` DataConfig: its prepared folder's, or GPT-2's until it is prepared."""
+    if data_cfg.path and is_prepared(data_cfg.path):
+        return int(read_meta(Path(data_cfg.path))["tokenizer"]["vocab_size"])
+    return GPT2_VOCAB_SIZE
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -61,8 +71,15 @@ def is_prepared(path: str | Path) -> bool:
 
 def read_meta(path: Path) -> dict:
     """The metadata of a prepared folder, with one-line errors for a missing or foreign folder."""
+    if path.is_file():  # a text file given where a prepared folder belongs: prepare it first
+        raise MaskdiffError(
+            f"{str(path)!r} is a file, not a folder written by `maskdiff prepare`: tokenize it with "
+            f"`maskdiff prepare --tokenizer gpt2 --data {path} --out DIR` and pass DIR"
+        )
     if not path.is_dir():
-        raise MaskdiffError(f"prepared data {str(path)!r} is not a folder (write one with `maskdiff prepare --out {path}`)")
+        raise MaskdiffError(
+            f"prepared data {str(path)!r} does not exist (write it with `maskdiff prepare --tokenizer gpt2 --data SOURCE --out {path}`)"
+        )
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -128,8 +145,8 @@ def read_prepared(path: str | Path, tokenizer=None) -> tuple[BPETokenizer, Token
     if tokenizer is not None and tokenizer != own:
         name = getattr(tokenizer, "name", getattr(tokenizer, "kind", "another"))
         raise MaskdiffError(
-            f"prepared data {str(path)!r} was tokenized with {own.name!r} ({own.vocab_size} tokens), not with this run's tokenizer "
-            f"({name!r}, {tokenizer.vocab_size} tokens); prepare it with the run's tokenizer (--tokenizer RUN_DIR)"
+            f"prepared data {str(path)!r} was tokenized with {own.name!r} ({plural(own.vocab_size, 'token')}), not with this run's tokenizer "
+            f"({name!r}, {plural(tokenizer.vocab_size, 'token')}); prepare it with the run's tokenizer (--tokenizer RUN_DIR)"
         )
     shards = {split: open_shards(path, meta, split) for split in SPLITS}
     valid = torch.from_numpy(np.concatenate(shards["valid"]).astype(np.int64))
@@ -167,7 +184,8 @@ class RandomWindows:
         if self.total == 0:
             longest = max((len(s) for s in shards), default=0)
             raise MaskdiffError(
-                f"no training shard holds a sequence of data.seq_len={seq_len} tokens (the longest has {longest}); use a smaller data.seq_len"
+                f"no training shard holds a sequence of data.seq_len={seq_len} tokens "
+                f"(the longest has {plural(longest, 'token')}); use a smaller data.seq_len"
             )
         self.ends = np.cumsum(windows)  # windows starts[i] .. ends[i]-1 lie in shard i
         self.starts = self.ends - windows

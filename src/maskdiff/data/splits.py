@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 
 
 @dataclass
@@ -37,5 +37,5 @@ def chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Non-overlapping sequences of ``seq_len`` tokens; the remainder is dropped.  -> LongTensor [N, L]"""
     n = tokens.numel() // seq_len
     if n == 0:
-        raise MaskdiffError(f"the text has {tokens.numel()} tokens, fewer than one sequence of {seq_len}")
+        raise MaskdiffError(f"the text has {plural(tokens.numel(), 'token')}, fewer than one sequence of {seq_len}")
     return tokens[: n * seq_len].view(n, seq_len).long()  # image splits are stored as uint8

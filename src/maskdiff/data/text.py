@@ -15,7 +15,7 @@ import torch
 from maskdiff import assets
 from maskdiff.data.shards import is_prepared
 from maskdiff.data.splits import Splits
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.tokenizer import CharTokenizer
 
 BUILT_IN_VOCAB_SIZE = 81  # characters of the built-in corpus (a test checks it against the corpus)
@@ -76,7 +76,7 @@ def split_tokens(tokens: torch.Tensor, valid_fraction: float, test_fraction: flo
     if min(n_valid, n_test) < seq_len or n_train <= seq_len:
         needed = int((seq_len + 1) / min(valid_fraction, test_fraction, 1 - valid_fraction - test_fraction)) + 1
         raise MaskdiffError(
-            f"the corpus has {n} tokens: too few for sequences of {seq_len} in every split "
+            f"the corpus has {plural(n, 'token')}: too few for sequences of {seq_len} in every split "
             f"(needs about {needed}); use a larger file or a smaller data.seq_len"
         )
     return Splits(tokens[:n_train], tokens[n_train : n_train + n_valid], tokens[n_train + n_valid :])

@@ -12,6 +12,7 @@ from maskdiff import distributed
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.results import EvalResult, check_sequences, model_device, summarize
 from maskdiff.hardware import autocast
+from maskdiff.objectives.estimator import Estimator
 
 
 def evaluate_nelbo(
@@ -41,14 +42,14 @@ def evaluate_nelbo(
     ``loss_masks`` [N, L] (bool; prompt/response pairs) makes it the conditional bound of the
     scored positions given the others (the objective's ``loss_mask``), reported per scored token.
 
-    A model whose ``estimator`` is ``"exact"`` (the autoregressive baseline) returns its exact
+    A model whose ``estimator`` is exact (the autoregressive baseline) returns its exact
     negative log-likelihood: one deterministic value per sequence, so K > 1 and ``timesteps``
     are refused rather than silently ignored. The result carries the model's ``estimator``.
     """
     if samples < 1:
         raise MaskdiffError(f"the number of Monte Carlo samples must be >= 1, got {samples}")
-    estimator = getattr(model, "estimator", "nelbo")
-    if estimator == "exact" and (samples != 1 or timesteps is not None):
+    estimator = Estimator(getattr(model, "estimator", Estimator.NELBO))
+    if not estimator.monte_carlo and (samples != 1 or timesteps is not None):
         raise MaskdiffError("this model's likelihood is exact (an autoregressive model): it takes neither --mc-samples > 1 nor --timesteps")
     check_sequences(sequences, batch_size)
     if loss_masks is not None and (loss_masks.shape != sequences.shape or not loss_masks.any(-1).all()):
@@ -65,7 +66,8 @@ def evaluate_nelbo(
     per_sequence = torch.zeros(num, samples, dtype=torch.float64)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), tqdm(total=len(mine), desc="eval", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=len(mine), desc="eval", disable=None if progress else True, leave=False) as bar:
         for k, b in mine:
             start = starts[b]
             batch = sequences[start : start + batch_size].to(device)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from maskdiff.errors import MaskdiffError
 from maskdiff.evaluation.results import EvalResult, check_sequences, model_device, summarize
 from maskdiff.hardware import autocast
+from maskdiff.objectives.estimator import Estimator
 
 
 def time_for_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
@@ -40,7 +41,7 @@ def time_for_alpha(schedule, target: torch.Tensor, iterations: int = 60) -> torc
 
 def check_chain_rule(model) -> None:
     """Refuse a model whose own likelihood is exact (the autoregressive baseline): the chain rule is for diffusion models."""
-    if getattr(model, "estimator", "nelbo") == "exact":
+    if not Estimator(getattr(model, "estimator", Estimator.NELBO)).is_bound:
         raise MaskdiffError(
             "--chain-rule is for masked diffusion models; this run is autoregressive and its likelihood is already exact (drop --chain-rule)"
         )
@@ -71,7 +72,8 @@ def chain_rule_log_likelihood(
     if hasattr(model, "eval"):
         model.eval()
     total = num * length
-    with torch.no_grad(), tqdm(total=total, desc="chain rule", unit="token", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=total, desc="chain rule", unit="token", disable=None if progress else True, leave=False) as bar:
         for start in range(0, total, batch_size):
             pair = torch.arange(start, min(start + batch_size, total), device=device)
             n, i = pair // length, pair % length  # sequence and position of each input
@@ -99,6 +101,6 @@ def evaluate_chain_rule(
     progress: bool = False,
 ) -> EvalResult:
     """The chain-rule negative log-likelihood of ``sequences`` [N, L] per token, as an EvalResult
-    (``estimator="chain_rule"``, one deterministic estimate per sequence)."""
+    (``Estimator.CHAIN_RULE``, one deterministic estimate per sequence)."""
     log_p = chain_rule_log_likelihood(model, sequences, batch_size, precision, progress)
-    return summarize(-log_p[:, None], sequences.shape[1], estimator="chain_rule")
+    return summarize(-log_p[:, None], sequences.shape[1], estimator=Estimator.CHAIN_RULE)

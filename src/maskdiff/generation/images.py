@@ -174,7 +174,7 @@ def plan_images(
     every sub-pixel of ``num_samples`` images, of class ``label``, keeping the ``keep`` region of
     the image file ``inpaint``."""
     data = run.config.data
-    if data.modality != "image":
+    if not data.data_format.is_image:
         raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
     size, channels = data.image_size, data.channels
     if num_samples < 1:

@@ -237,7 +237,7 @@ def given_padding(run: LoadedRun, length: int) -> int:
     trained on prompt/response pairs, up to the run's sequence length (it learned where a response
     ends from the given padding, so ``length`` is prompt + response + end of text); else none."""
     data = run.config.data
-    if data.format != "pairs" or run.model.left_to_right:
+    if not data.data_format.padded_examples or run.model.left_to_right:
         return 0
     return max(0, data.seq_len - length)
 

@@ -39,7 +39,7 @@ class TransformerConfig(Section):
     time_features: int = option(256, "size of the sinusoidal embedding of t (with time_conditioning)")
     dropout: float = option(0.0, "dropout probability in attention and MLP")
     rope_base: float = option(10_000.0, "base of the rotary position embedding frequencies")
-    causal: bool = option(False, "causal attention (a position sees itself and earlier ones): the network of diffusion.objective=ar")
+    causal: bool = option(False, "causal attention (a position sees itself and earlier ones): the network of objective.name=ar")
     mlp: str = option("gelu", "MLP: gelu (two matrices) or swiglu (Llama's gated MLP: three matrices of hidden width mlp_ratio * d_model)")
     norm: str = option("layernorm", "normalisation: layernorm or rmsnorm (Llama's)")
 

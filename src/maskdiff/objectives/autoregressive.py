@@ -2,7 +2,7 @@
 
 SMDM compares masked diffusion with an autoregressive model trained on the same data with the
 same network (docs/method.md, "What SMDM adds"). Here that network is the transformer with
-``model.causal=true`` (maskdiff/nets/transformer.py) and this objective is ``diffusion.objective=ar``.
+``model.causal=true`` (maskdiff/nets/transformer.py) and this objective is ``objective.name=ar``.
 
 Begin of sequence: the input is x shifted right by one position with id V in front, the id the
 diffusion models use as the mask (the embedding table already has that row)::
@@ -12,7 +12,7 @@ diffusion models use as the mask (the embedding table already has that row)::
     -log p(x) = sum_i CE(logits_i, x_i)       every token scored, the first one included
 
 so :meth:`Autoregressive.nelbo` is the exact negative log-likelihood of the whole sequence
-(``estimator = "exact"``): no bound, no Monte Carlo. The network's time input is always 0.
+(``estimator = Estimator.EXACT``): no bound, no Monte Carlo. The network's time input is always 0.
 
 Generation (:meth:`Autoregressive.iterate`) decodes left to right, one token per network call:
 the prompt in one pass, then each new token on the KV cache (``forward_cached``), or, with
@@ -24,15 +24,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import BatchShard, Denoiser, Objective, sum_scored
+from maskdiff.objectives.base import BatchShard, Denoiser, Objective, ObjectiveSection, objective_name, sum_scored
+from maskdiff.objectives.estimator import Estimator
 from maskdiff.sampling import SamplerOptions, SamplerStats, SampleStreams, Step, categorical, filter_probs
 from maskdiff.sampling.loop import initial_state
+from maskdiff.sections import Section
+
+
+@dataclass
+class AutoregressiveConfig(ObjectiveSection):
+    """``objective.name=ar``: the autoregressive baseline has no settings of its own; it needs a causal transformer."""
+
+    name: str = objective_name("ar")
+
+    def network_problems(self, model: Section) -> list[str]:
+        if not hasattr(model, "causal"):
+            return [f"objective.name=ar needs model.architecture=transformer, not {getattr(model, 'architecture', type(model).__name__)}"]
+        if not model.causal:
+            return ["objective.name=ar needs model.causal=true (next-token prediction must not see later tokens)"]
+        return []
 
 
 class Autoregressive(Objective):
@@ -47,7 +64,7 @@ class Autoregressive(Objective):
             id of free positions in ``given``, as for the diffusion models).
     """
 
-    estimator = "exact"
+    estimator = Estimator.EXACT
     left_to_right = True
 
     def __init__(self, denoiser: Denoiser, vocab_size: int | None):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives.estimator import Estimator
 from maskdiff.sampling import SamplerOptions, Step, iterate
 from maskdiff.sampling.cache import CachedPass
+from maskdiff.sections import Section, option
 
 Denoiser = Callable[..., torch.Tensor]  # (z_t [B, L], t [B], labels=None) -> logits [B, L, V]
 
@@ -129,16 +131,41 @@ def masked_cross_entropy(logits: torch.Tensor, x0: torch.Tensor, masked: torch.T
     return (ce.view(x0.shape) * masked).sum(dim=-1)
 
 
+def objective_name(name: str) -> str:
+    """The ``name`` field of an objective's config section, defaulting to that objective's own name."""
+    doc = (
+        "the training objective: md4 (one masking schedule for all tokens), genmd4 (a learned schedule per token value) "
+        "or ar (the autoregressive baseline: next-token prediction, exact likelihood; needs model.causal=true)"
+    )
+    return option(name, doc)
+
+
+@dataclass
+class ObjectiveSection(Section):
+    """The ``objective`` section of a run config: ``name`` picks the objective
+    (:data:`maskdiff.objectives.OBJECTIVES`) and each objective registers its own section type,
+    a subclass with the objective's settings (as networks do for the ``model`` section)."""
+
+    name: str = field(default="md4", metadata={"doc": ""})  # each objective's section restates it with objective_name()
+
+    def network_problems(self, model: Section) -> list[str]:
+        """What this objective needs of the network (the ``model`` section) that it lacks; none by default.
+
+        A config says so rather than the builder switching it on, so config.json shows the
+        network that was trained."""
+        return []
+
+
 class Objective(nn.Module):
     """The interface between a model and the rest of maskdiff (trainer, evaluation, generation).
 
     The trainer calls ``forward`` (= :meth:`train_loss`), evaluation calls :meth:`nelbo` and reads
     :attr:`estimator`, generation calls :meth:`iterate` or :meth:`sample`, and at the end of a run
     the trainer calls :meth:`write_artifacts`. An autoregressive objective implements the same
-    methods (its ``nelbo`` is then the exact negative log-likelihood, ``estimator = "exact"``).
+    methods (its ``nelbo`` is then the exact negative log-likelihood, ``estimator = Estimator.EXACT``).
     """
 
-    estimator = "nelbo"  # what nelbo() returns: a Monte Carlo bound ("nelbo") or the exact NLL ("exact")
+    estimator = Estimator.NELBO  # what nelbo() returns: a Monte Carlo bound or the exact NLL
     left_to_right = False  # generates only after a prefix (no position after a fixed one): the autoregressive model
     vocab_size: int
     mask_id: int  # the id that marks free positions in ``given`` (and masked inputs of a diffusion model)

@@ -23,6 +23,7 @@ true NELBO while descending the surrogate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,9 +31,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.objectives.base import BatchShard, Denoiser, DiffusionModel, mask_tokens, stratified_grid_times, sum_scored
+from maskdiff.objectives.base import (
+    BatchShard,
+    Denoiser,
+    DiffusionModel,
+    ObjectiveSection,
+    mask_tokens,
+    objective_name,
+    stratified_grid_times,
+    sum_scored,
+)
 from maskdiff.plots import write_token_powers
 from maskdiff.schedules import EPS, Schedule
+from maskdiff.sections import option
+
+
+@dataclass
+class GenMD4Config(ObjectiveSection):
+    """``objective.name=genmd4``: a learned schedule 1 - t^w per token value."""
+
+    name: str = objective_name("genmd4")
+    power_init: float = option(1.0, "initial exponent w of every token's schedule 1 - t^w (1: linear)")
+    t1: float = option(1e-3, "smallest time of the integral; a closed-form reconstruction term covers [0, t1]")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.power_init > 0:
+            out.append("objective.power_init must be > 0")
+        if not 0 <= self.t1 < 1:
+            out.append("objective.t1 must be in [0, 1)")
+        return out
 
 
 class TokenPowerSchedule(Schedule):

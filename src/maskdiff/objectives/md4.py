@@ -6,10 +6,31 @@ discrete T:  NELBO = E_i[ T * (alpha_s - alpha_t)/(1 - alpha_t) * sum_{masked i}
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from maskdiff.objectives.base import Denoiser, DiffusionModel, discrete_grid_previous, masked_cross_entropy
+from maskdiff import schedules
+from maskdiff.errors import MaskdiffError
+from maskdiff.objectives.base import Denoiser, DiffusionModel, ObjectiveSection, discrete_grid_previous, masked_cross_entropy, objective_name
 from maskdiff.schedules import ScheduleLike, resolve
+from maskdiff.sections import option
+
+
+@dataclass
+class MD4Config(ObjectiveSection):
+    """``objective.name=md4``: one masking schedule for every token."""
+
+    name: str = objective_name("md4")
+
+    schedule: str = option("linear", "masking schedule alpha(t): linear, cosine, polyK (e.g. poly2), geometric, loglinear")
+
+    def problems(self) -> list[str]:
+        try:
+            schedules.get(self.schedule)
+        except MaskdiffError as err:
+            return [f"objective.schedule: {err}"]
+        return []
 
 
 class MaskedDiffusion(DiffusionModel):

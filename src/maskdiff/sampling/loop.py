@@ -139,7 +139,8 @@ class Denoise:
         self.full_calls += cached is None or cached.window is None
         labels = None if self.labels is None else self.labels[rows]
         prompt = None if self.prompt is None else self.prompt[rows]
-        dtype = torch.float64 if z.numel() * self.model.mask_id * 8 <= DRAW_CHUNK_BYTES else torch.float32  # mask_id = V
+        vocab_size = self.model.mask_id  # the mask id is V, one past the vocabulary's ids 0..V-1
+        dtype = torch.float64 if z.numel() * vocab_size * 8 <= DRAW_CHUNK_BYTES else torch.float32
         with torch.no_grad():
             return self.model.guided_predict(z, times, self.options.cfg, prompt, labels, dtype=dtype, cached=cached)
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from maskdiff.checkpoint import checkpoint_step, latest_checkpoint
 from maskdiff.config import RunConfig
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
+from maskdiff.objectives import OBJECTIVES
 from maskdiff.presets import parameter_count
 from maskdiff.scaling.family import FLOPS_FORMULA, training_flops
 from maskdiff.scaling.plan import MAX_BUDGET_ERROR, budget_label
@@ -124,7 +125,7 @@ def fit_parabola(budget: float, points: list[Point]) -> Parabola:
     sizes = sorted({p.params for p in points})
     if len(sizes) < 3:
         raise MaskdiffError(
-            f"budget {budget:.3g} ({points[0].family}) has runs of {len(sizes)} size(s); "
+            f"budget {budget:.3g} ({points[0].family}) has runs of {plural(len(sizes), 'size')}; "
             "a parabola needs at least 3 (finish more runs of that budget)"
         )
     x = np.log([p.params for p in points])
@@ -324,7 +325,7 @@ def read_point(run_dir: Path) -> tuple[Point, dict]:
             f"run {run_dir} spent C = 6 N D = {spent:.3g} FLOPs, not its budget {budget:.3g} "
             "(launched with more processes or another batch?); fit only runs trained as planned"
         )
-    family = "ar" if cfg.diffusion.objective == "ar" else "mdm"
+    family = OBJECTIVES.get(cfg.objective.name).family
     return Point(family, budget, params, float(final["valid_bits"]), tokens, str(run_dir)), record["data"]
 
 
@@ -352,12 +353,12 @@ def summary_lines(study: StudyFit) -> list[str]:
         lines.append(f"{name} ({FAMILY_NAMES.get(name, name)}):")
         for p in fit.parabolas:
             if p.n_opt is None or p.loss_opt is None or p.tokens_opt is None:
-                lines.append(f"  C={budget_label(p.budget):>7s}: no minimum ({len(p.points)} runs; the loss still falls toward the edge)")
+                lines.append(f"  C={budget_label(p.budget):>7s}: no minimum ({plural(len(p.points), 'run')}; the loss still falls toward the edge)")
                 continue
             where = "" if p.inside else "  (outside the sizes trained)"
             lines.append(
                 f"  C={budget_label(p.budget):>7s}: N*={p.n_opt:>12,.0f}  D*={p.tokens_opt:>14,.0f}  "
-                f"L*={p.loss_opt:.4f} bits/token  ({len(p.points)} runs){where}"
+                f"L*={p.loss_opt:.4f} bits/token  ({plural(len(p.points), 'run')}){where}"
             )
         for label, law in (("N*(C)", fit.n_opt), ("L*(C)", fit.loss_opt)):
             if law is None:

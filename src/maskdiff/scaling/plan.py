@@ -21,7 +21,7 @@ import torch
 
 from maskdiff.config import RunConfig
 from maskdiff.data import prepare_data
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.presets import get_preset
 from maskdiff.scaling.family import (
     FAMILY_PRESETS,
@@ -224,7 +224,8 @@ def plan_isoflops(
         if budget < least:
             raise MaskdiffError(
                 f"budget {budget:.3g} FLOPs is too small for the smallest model of the family ({member(0).describe()}, N={smallest:,}): "
-                f"{min_steps} steps of {per_step:,} tokens need C >= {least:.3g}; raise the budget or lower the batch or sequence length"
+                f"{plural(min_steps, 'step')} of {plural(per_step, 'token')} need C >= {least:.3g}; "
+                "raise the budget or lower the batch or sequence length"
             )
         feasible = {}
         for i, n in params.items():
@@ -233,13 +234,13 @@ def plan_isoflops(
                 feasible[i] = n
         if len(feasible) < 3:
             raise MaskdiffError(
-                f"budget {budget:.3g} FLOPs fits only {len(feasible)} model size(s) of the family with >= {min_steps} steps; "
+                f"budget {budget:.3g} FLOPs fits only {plural(len(feasible), 'model size')} of the family with >= {min_steps} steps; "
                 "a parabola needs 3: raise the budget or lower --min-steps, the batch or the sequence length"
             )
         optimum = math.sqrt(budget / (6 * tokens_per_parameter))
         chosen = choose_members(feasible, optimum, min(sizes, len(feasible)), spread)
         if len(chosen) < sizes:
-            notes.append(f"budget {budget:.3g}: only {len(chosen)} sizes fit (>= {min_steps} steps each)")
+            notes.append(f"budget {budget:.3g}: only {plural(len(chosen), 'size')} fit (>= {plural(min_steps, 'step')} each)")
         for i in chosen:
             shape, n = member(i), params[i]
             steps = round(budget / (6 * n * per_step))

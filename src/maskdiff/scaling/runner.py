@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskdiff.config import RunConfig
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.metrics import read_metrics
 from maskdiff.scaling.plan import Plan, PlannedRun
 from maskdiff.training import Outcome, ResumeMode, ResumePlan, plan_resume, train
@@ -96,7 +96,7 @@ def run_status(run_dir: Path, cfg: RunConfig) -> tuple[str, ResumePlan]:
     plan = plan_resume(run_dir, ResumeMode.AUTO, cfg).accepted()
     if plan.outcome is Outcome.FINISHED and final_validation(run_dir, cfg.train.steps) is None:
         raise MaskdiffError(
-            f"{run_dir} trained all {cfg.train.steps} steps but has no final validation in metrics.csv (stopped during it?); "
+            f"{run_dir} trained all {plural(cfg.train.steps, 'step')} but has no final validation in metrics.csv (stopped during it?); "
             "remove the folder to train it again"
         )
     return {Outcome.NEW: "new", Outcome.CONTINUE: "stopped", Outcome.FINISHED: "finished"}[plan.outcome], plan

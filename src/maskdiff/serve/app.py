@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maskdiff.errors import MaskdiffError
+from maskdiff.objectives import Estimator
 from maskdiff.runs import Run, load
 from maskdiff.sampling import GRIDS, RULES
 from maskdiff.serve.completions import Completion, completion_jobs
@@ -184,7 +185,7 @@ def create_app(run: Run, limits: Limits | None = None, token: str | None = None,
         data = config.data
         body = {
             "model": served.name,
-            "objective": config.diffusion.objective,
+            "objective": config.objective.name,
             "estimator": run.model.estimator,
             "left_to_right": run.model.left_to_right,
             "modality": served.modality,
@@ -201,7 +202,7 @@ def create_app(run: Run, limits: Limits | None = None, token: str | None = None,
             "limits": {**vars(limits), "max_length": served.max_length},
             "queue": engine.info(),
         }
-        if served.modality == "image":
+        if data.data_format.is_image:
             body["image"] = {"size": data.image_size, "channels": data.channels, "num_classes": getattr(config.model, "num_classes", 0)}
         return JSONResponse(body)
 
@@ -248,7 +249,7 @@ def create_app(run: Run, limits: Limits | None = None, token: str | None = None,
     async def likelihood(request: Request) -> Response:
         req = await parse(request, LikelihoodRequest)
         assert isinstance(req, LikelihoodRequest)
-        if served.modality != "text":
+        if not run.config.data.data_format.is_text:
             raise RequestError("text: this run models images; likelihoods of images are `maskdiff eval`'s", param="text")
         tokens = encode_checked(served, req.text, "text").numel()
         if tokens == 0:
@@ -257,7 +258,7 @@ def create_app(run: Run, limits: Limits | None = None, token: str | None = None,
         check_limit(req.mc_samples, limits.max_mc_samples, "mc_samples", "Monte Carlo samples")
         sink, jobs = await submit(request, lambda sink: [Job(sink, work=lambda: run.score(req.text, req.mc_samples, req.seed))])
         score = (await collect(request, sink, jobs))[0].value
-        draws = 1 if score.estimator == "exact" else req.mc_samples
+        draws = Estimator(score.estimator).draws(req.mc_samples)
         return JSONResponse(
             {
                 "bits_per_token": score.bits_per_token,

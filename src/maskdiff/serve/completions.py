@@ -49,7 +49,7 @@ class Part:
 
 def completion_jobs(served: Served, req: CompletionRequest, sink: Sink) -> list[Job]:
     """One job per prompt, checked; a 400 :class:`RequestError` names the field at fault."""
-    if served.modality != "text":
+    if not served.run.config.data.data_format.is_text:
         raise RequestError("this run models images: completions are for text runs; use /api/sample or /api/sample/stream", param="prompt")
     if req.logprobs is not None:
         if req.stream:

@@ -47,7 +47,7 @@ class Served:
     def sequence_length(self) -> int:
         """Tokens per sample of an image run (every sub-pixel), or the text run's sequence length."""
         data = self.run.config.data
-        return data.image_size * data.image_size * data.channels if self.modality == "image" else data.seq_len
+        return data.image_size * data.image_size * data.channels if data.data_format.is_image else data.seq_len
 
 
 def fresh_seed() -> int:

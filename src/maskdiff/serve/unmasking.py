@@ -22,7 +22,7 @@ from maskdiff.serve.requests import RequestError, SampleRequest, check_limit
 def sample_job(served: Served, req: SampleRequest, sink: Sink, watch: bool) -> Job:
     """The one job of a sample request, checked; a 400 :class:`RequestError` names the field at fault."""
     seed = check_sampling(served, req, req.n)
-    if served.modality == "image":
+    if served.run.config.data.data_format.is_image:
         for name in ("prompt", "infill", "length", "eos"):
             if getattr(req, name) is not None:
                 raise RequestError(f"{name}: this run models images (prompts, templates, lengths and ends of text are for text runs)", param=name)
@@ -62,7 +62,7 @@ def state_event(served: Served, event: State) -> dict:
         "elapsed": round(event.elapsed, 4),
         "tokens_per_s": round(generated(event.job, event.z, mask_id) / event.elapsed, 1) if event.elapsed > 0 else 0.0,
     }
-    if event.job.tag["kind"] == "image":
+    if served.run.config.data.data_format.is_image:
         return {**body, "pixels": torch.where(event.z == mask_id, -1, event.z).tolist()}
     tokenizer = served.run.tokenizer
     rows = event.z.tolist()
@@ -81,7 +81,7 @@ def done_event(served: Served, event: Done) -> dict:
         "seconds": round(event.seconds, 4),
         "tokens_per_s": round(generated(job, event.z, served.run.mask_id) / event.seconds, 1) if event.seconds > 0 else 0.0,
     }
-    if job.tag["kind"] == "image":
+    if served.run.config.data.data_format.is_image:
         return {**body, "pixels": event.z.tolist()}
     plan: TextPlan = job.tag["plan"]
     return {**body, "texts": plan.decode(served.run.tokenizer, event.z)}

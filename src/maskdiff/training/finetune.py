@@ -20,7 +20,7 @@ from pathlib import Path
 from maskdiff.checkpoint import checkpoint_step, has_weights, resolve_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data.pairs import read_pairs, split_files
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.tokenizer import CharTokenizer, load_tokenizer
 from maskdiff.training.loop import StartFrom, TrainResult, train
 
@@ -74,8 +74,7 @@ def finetune(
         raise MaskdiffError(f"weights must be ema or raw, not {weights!r}")
     source_run, source_checkpoint = resolve_checkpoint(checkpoint)
     source = RunConfig.load(source_run / "config.json")
-    if source.data.modality != "text":
-        raise MaskdiffError(f"{source_run} models {source.data.modality}s; fine-tuning on prompt/response pairs needs a text run")
+    source.data.data_format.require_text(source_run, "fine-tuning on prompt/response pairs needs a text run")
     tokenizer = load_tokenizer(source_run / "tokenizer.json")
     if not isinstance(tokenizer, CharTokenizer):
         raise MaskdiffError(f"{source_run} has no character vocabulary; fine-tuning on prompt/response pairs needs a text run")
@@ -84,7 +83,7 @@ def finetune(
         hint = f"; characters of its vocabulary that the pairs never use: {', '.join(map(repr, unused[:12]))}" if unused else ""
         raise MaskdiffError(
             "--eos CHAR is needed: the end-of-text character that ends every response, one character of the source run's "
-            f"vocabulary (its {tokenizer.vocab_size} characters are fixed){hint}"
+            f"vocabulary (its {plural(tokenizer.vocab_size, 'character')} are fixed){hint}"
         )
     cfg = finetune_config(source, data, eos, overrides)
     which = "ema" if weights == "ema" and has_weights(source_checkpoint, "ema") else "model"  # a run without EMA: its raw weights

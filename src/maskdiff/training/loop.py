@@ -13,26 +13,28 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from maskdiff import distributed
 from maskdiff.checkpoint import latest_checkpoint
 from maskdiff.config import RunConfig
 from maskdiff.data import evaluation_sequences, prepare_data
-from maskdiff.errors import MaskdiffError
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.evaluation.bound import EvalResult, evaluate_nelbo
 from maskdiff.hardware import resolve_device, resolve_precision
 from maskdiff.metrics import MetricsLog
+from maskdiff.objectives.estimator import Estimator
 from maskdiff.plots import plot_loss
 from maskdiff.tokenizer import Tokenizer, load_tokenizer
 from maskdiff.training.interrupt import StopRequest
 from maskdiff.training.parallel import training_module
+from maskdiff.training.progress import Progress
 from maskdiff.training.resume import Outcome, ResumeMode, ResumePlan, plan_resume
 from maskdiff.training.state import TrainState
 from maskdiff.training.step import StepOutcome, train_step
@@ -133,9 +135,18 @@ class Window:
 
 # ---------------------------------------------------------------------------- the run
 def train(
-    cfg: RunConfig, run_dir: str | Path, resume: bool | ResumePlan = False, progress: bool = True, start_from: StartFrom | None = None
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool | ResumePlan = False,
+    progress: bool = True,
+    start_from: StartFrom | None = None,
+    header: bool = True,
 ) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (or continue the run there with ``resume=True``).
+
+    ``progress``: a progress bar on a terminal, a plain line per logged step in a log (stderr not
+    a terminal), and the periodic validation results; ``header``: the line that says what is
+    trained (parameters, data, precision), which a log needs even without progress.
 
     ``resume`` may also be the :class:`~maskdiff.training.resume.ResumePlan` a caller already
     made for this folder and config (the command line's ``--resume auto``, the scaling runner), so
@@ -154,13 +165,21 @@ def train(
         raise ValueError(f"the resume plan is for {plan.run_dir} and its config, not for {run_dir} and this one")
     ctx, device = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train(cfg, plan, progress and ctx.is_main, ctx, device, None if plan.outcome is Outcome.CONTINUE else start_from)
+        return _train(
+            cfg, plan, progress and ctx.is_main, header and ctx.is_main, ctx, device, None if plan.outcome is Outcome.CONTINUE else start_from
+        )
     finally:
         distributed.teardown(ctx)
 
 
 def _train(
-    cfg: RunConfig, plan: ResumePlan, progress: bool, ctx: distributed.Context, device: torch.device, start_from: StartFrom | None
+    cfg: RunConfig,
+    plan: ResumePlan,
+    progress: bool,
+    header: bool,
+    ctx: distributed.Context,
+    device: torch.device,
+    start_from: StartFrom | None,
 ) -> TrainResult:
     tc = cfg.train
     precision = resolve_precision(tc.precision, device)
@@ -174,15 +193,16 @@ def _train(
     state = TrainState.create(cfg, tokenizer.vocab_size, splits, device, ctx)
     if start_from is not None:
         state.start_from(start_from.checkpoint, start_from.weights)
-    if progress:
-        tqdm.write(
+    if header:
+        print(
             f"maskdiff: run folder {run_dir} | preset {cfg.preset} | {splits.num_tokens('train'):,} training tokens, "
             f"vocabulary {tokenizer.vocab_size} | {state.model.num_parameters():,} parameters | "
             f"{device.type} {'bf16 autocast' if precision else 'fp32'}"
             + (f" | {ctx.world_size} processes ({tc.parallel})" if ctx.active else "")
             + f" | {tc.batch_size * accum * ctx.world_size} sequences per step"
             + (f" ({accum} micro-batches)" if accum > 1 else "")
-            + (f" | starting from {start_from.checkpoint} ({start_from.weights} weights)" if start_from is not None else "")
+            + (f" | starting from {start_from.checkpoint} ({start_from.weights} weights)" if start_from is not None else ""),
+            flush=True,
         )
     checkpoint = plan.checkpoint
     if checkpoint is not None:
@@ -191,12 +211,20 @@ def _train(
 
     trained = training_module(state.model, ddp=ctx.active)
     valid, valid_masks = evaluation_sequences(splits, "valid", cfg.data.seq_len)  # masks: the responses of prompt/response pairs
+    if len(valid) < 2 and ctx.is_main:
+        print(
+            f"maskdiff: warning: the validation split holds {plural(len(valid), 'sequence')}: too few for an error bar that covers "
+            "how sequences differ (use more data or a larger data.valid_fraction)",
+            file=sys.stderr,
+        )
 
-    def evaluate(count: int | None = None, show: bool = False) -> EvalResult:
+    def evaluate(count: int | None = None, show: bool = False, draws: int = 1) -> EvalResult:
         masks = None if valid_masks is None else valid_masks[:count]
         # batches of the whole micro-batch (each on one process), so the bound does not depend on the process count
         batch = tc.batch_size * ctx.world_size
-        return evaluate_nelbo(state.eval_model, valid[:count], batch, seed=tc.seed + 3, precision=precision, progress=show, loss_masks=masks, ctx=ctx)
+        return evaluate_nelbo(
+            state.eval_model, valid[:count], batch, draws, seed=tc.seed + 3, precision=precision, progress=show, loss_masks=masks, ctx=ctx
+        )
 
     log = MetricsLog(run_dir, resume_step=state.step) if ctx.is_main else None
     window = Window(tc.batch_size * accum * cfg.data.seq_len * ctx.world_size, device)
@@ -204,7 +232,7 @@ def _train(
     stop = StopRequest()
     try:
         # the loop: one optimizer step, then log, evaluate, checkpoint and stop when due
-        with stop, tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        with stop, Progress(tc.steps, state.step, progress) as bar:
             while state.step < tc.steps:
                 micro_batches = [next(state.batches) for _ in range(accum)]
                 outcome = train_step(state, micro_batches, grad_clip=tc.grad_clip, precision=precision, ctx=ctx, model=trained)
@@ -213,11 +241,11 @@ def _train(
                 bad_in_a_row = 0 if outcome.applied else bad_in_a_row + 1
                 if bad_in_a_row >= tc.max_bad_steps:
                     raise MaskdiffError(
-                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (up to step {state.step}); "
+                        f"{plural(bad_in_a_row, 'step')} in a row had a non-finite loss or gradient (up to step {state.step}); "
                         f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
                     )
                 step = state.step
-                bar.update()
+                bar.step()
 
                 if step % tc.log_every == 0 or step == tc.steps:
                     train_loss = window.close(ctx)
@@ -234,8 +262,8 @@ def _train(
                                 tokens_per_s=window.tokens_per_s,
                                 skipped_steps=state.skipped_steps,
                             )
-                        bar.set_postfix(
-                            {"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window.tokens_per_s:,.0f}"}
+                        bar.logged(
+                            step, {"loss": f"{train_loss:.3f}", f"bits/{tokenizer.unit}": f"{last_bits:.3f}", "tok/s": f"{window.tokens_per_s:,.0f}"}
                         )
 
                 with window.set_aside():
@@ -245,9 +273,7 @@ def _train(
                         if log is not None:
                             log.log(step, valid_bits=result.bits_per_token)
                         if progress:
-                            bar.write(
-                                f"step {step}: validation {result.bits_per_token:.4f} ± {result.bits_per_token_stderr:.4f} bits/{tokenizer.unit}"
-                            )
+                            bar.write(f"step {step}: validation {result.bits_figure(tokenizer.unit)}")
                     if step % tc.checkpoint_every == 0 or step == tc.steps or stopping:
                         checkpoint = state.save(run_dir, ctx, tc.keep_checkpoints)
                 if stopping:
@@ -258,8 +284,10 @@ def _train(
         if state.step < tc.steps:  # stopped by a signal, with a checkpoint of this very step
             return TrainResult(run_dir, checkpoint, state.step, last_bits, None, window.tokens_per_s, ctx.is_main, tokenizer.unit, stop.requested)
 
-        # the end: evaluate on the whole validation split, plot, and let the objective describe itself
-        final = evaluate(show=progress)
+        # the end: evaluate on the whole validation split, plot, and let the objective describe itself;
+        # several draws per sequence, so that the bound agrees with `maskdiff eval` within its error bars
+        draws = Estimator(state.eval_model.estimator).draws(tc.final_eval_samples)
+        final = evaluate(show=progress and bar.live, draws=draws)
         if log is not None:
             log.log(state.step, valid_bits=final.bits_per_token)
     finally:
