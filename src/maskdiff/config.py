@@ -148,6 +148,7 @@ class TrainConfig(Section):
         "ddp", "under torchrun: ddp (every process holds the whole model) or fsdp (FSDP2: parameters, gradients and optimizer state sharded)"
     )
     activation_checkpointing: bool = option(False, "recompute each block's activations in the backward pass: less memory, about a third more compute")
+    compile: bool = option(False, "compile the loss computation with torch.compile (eager, with a warning, where compiling fails)")
 
     def problems(self) -> list[str]:
         out = []
@@ -361,6 +362,7 @@ RESUMABLE_KEYS = (
     "train.precision",
     "train.device",
     "train.activation_checkpointing",
+    "train.compile",
 )
 
 

@@ -28,6 +28,7 @@ class BenchTrainArgs:
     set: list[str] | None
     device: str
     profile: bool
+    compile: bool
     json: str | None
 
 
@@ -37,8 +38,8 @@ def cmd_bench_train(args: BenchTrainArgs) -> int:
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     timing = Timing(steps=max(1, args.steps), min_time=args.min_time, max_time=args.max_time, warmup=args.warmup, wait_quiet=args.wait_quiet)
-    done = lambda r: print(f"  {r.size} {r.precision}: {r.tokens_per_s:,.0f} tokens/s, MFU {r.mfu:.0%}", file=sys.stderr, flush=True)  # noqa: E731
-    bench = bench_train(sizes, precisions, args.batch, args.seq_len, list(args.set or []), args.device, timing, on_result=done)
+    done = lambda r: print(f"  {r.size} {r.precision} {r.mode}: {r.tokens_per_s:,.0f} tokens/s, MFU {r.mfu:.0%}", file=sys.stderr, flush=True)  # noqa: E731
+    bench = bench_train(sizes, precisions, args.batch, args.seq_len, list(args.set or []), args.device, timing, on_result=done, compile=args.compile)
     print(format_table(bench))
     if args.json:
         try:
@@ -119,12 +120,18 @@ def fill_bench_parser(p: Parser) -> None:
 def fill_bench_train_parser(p: Parser) -> None:
     p.description = (
         "Measure the matmul peak of each precision (a square matmul of the model's MLP width, on the threads "
-        "training uses), then the training step (AdamW, clipping, EMA, time conditioning on; random tokens) of each "
-        "size: tokens/s, FLOPs per token (forward + backward, attention included), GFLOP/s and MFU = achieved / peak. "
+        "training uses), then the training step (AdamW, clipping, EMA, time conditioning on for tiny, 5M and 25M; random "
+        "tokens) of each size, eager and with --compile also compiled: tokens/s, FLOPs per token (forward + backward, "
+        "attention included), GFLOP/s and MFU = achieved / peak (on a GPU: against 8192^3 matmuls, with the GPU's busy share). "
         "bf16 autocast is measured only where the hardware has native bf16 (the reason is printed otherwise). Steps "
         "slowed by other processes on the cores are replaced by extra ones. Prints a table; --json also writes the figures."
     )
-    p.add_argument("--sizes", default="tiny,5M,25M", help="comma-separated sizes: tiny (the preset), 5M (6x256), 25M (8x512) (default all)")
+    p.add_argument(
+        "--sizes",
+        default="tiny,5M,25M",
+        help="comma-separated sizes: tiny (the preset), 5M (6x256), 25M (8x512), md4-small, smdm-170m, llama-135m (the 135M Llama shape) "
+        "(default tiny,5M,25M)",
+    )
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions: fp32, bf16 (default both)")
     p.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128 for tiny, 256 otherwise)")
@@ -136,6 +143,7 @@ def fill_bench_train_parser(p: Parser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for every size, e.g. train.ema_decay=0 (repeatable)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's ops by CPU time for each size (3 steps)")
+    p.add_argument("--compile", action="store_true", help="also measure each size with the loss under torch.compile (train.compile), next to eager")
     p.add_argument("--json", metavar="FILE", help="also write the figures, the CPU and the skipped precisions as JSON")
     add_threads(p)
     set_handler(p, BenchTrainArgs, cmd_bench_train)

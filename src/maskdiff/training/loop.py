@@ -37,7 +37,7 @@ from maskdiff.training.parallel import training_module
 from maskdiff.training.progress import Progress
 from maskdiff.training.resume import Outcome, ResumeMode, ResumePlan, plan_resume
 from maskdiff.training.state import TrainState
-from maskdiff.training.step import StepOutcome, train_step
+from maskdiff.training.step import StepOutcome, compile_loss, train_step
 
 
 @dataclass
@@ -96,24 +96,29 @@ class Window:
     """The steps since the last logged row: their good-step losses and their throughput.
 
     Throughput counts training only: time inside :meth:`set_aside` (logging, evaluation,
-    checkpoints) is not. The loss stays on the device until :meth:`close` reads it.
+    checkpoints) is not. The losses, the good-step count and the longest run of skipped steps
+    stay on the device until :meth:`close` reads them.
     """
 
     def __init__(self, tokens_per_step: int, device: torch.device):
         self.tokens_per_step = tokens_per_step
         self.loss_sum = torch.zeros((), device=device)
+        self.good = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_in_a_row = torch.zeros((), dtype=torch.int64, device=device)  # skipped steps up to the last one
+        self.most_bad_in_a_row = torch.zeros((), dtype=torch.int64, device=device)  # since the run (re)started
         self.tokens_per_s = 0.0  # of the last closed window
         self._reset()
 
     def _reset(self) -> None:
-        self.start, self.steps, self.good, self.aside = time.perf_counter(), 0, 0, 0.0
+        self.start, self.steps, self.aside = time.perf_counter(), 0, 0.0
 
     def add(self, outcome: StepOutcome) -> None:
         """Count one step; its loss counts only when its update was applied."""
         self.steps += 1
-        if outcome.applied:
-            self.loss_sum += outcome.loss
-            self.good += 1
+        self.loss_sum += torch.where(outcome.applied, outcome.loss, 0.0)
+        self.good += outcome.applied
+        self.bad_in_a_row = torch.where(outcome.applied, 0, self.bad_in_a_row + 1)
+        torch.maximum(self.most_bad_in_a_row, self.bad_in_a_row, out=self.most_bad_in_a_row)
 
     @contextlib.contextmanager
     def set_aside(self) -> Iterator[None]:
@@ -127,8 +132,9 @@ class Window:
     def close(self, ctx: distributed.Context) -> float:
         """The mean training loss (nats per token, over processes and good steps); starts a new window."""
         self.tokens_per_s = self.steps * self.tokens_per_step / (time.perf_counter() - self.start - self.aside)
-        loss = distributed.mean(self.loss_sum, ctx).item() / max(1, self.good)
+        loss = distributed.mean(self.loss_sum, ctx).item() / max(1, int(self.good))
         self.loss_sum.zero_()
+        self.good.zero_()
         self._reset()
         return loss
 
@@ -210,6 +216,7 @@ def _train(
     write_run_files(run_dir, cfg, tokenizer, resume, ctx, start_from)
 
     trained = training_module(state.model, ddp=ctx.active)
+    loss_module = compile_loss(trained) if tc.compile else trained
     valid, valid_masks = evaluation_sequences(splits, "valid", cfg.data.seq_len)  # masks: the responses of prompt/response pairs
     if len(valid) < 2 and ctx.is_main:
         print(
@@ -228,26 +235,27 @@ def _train(
 
     log = MetricsLog(run_dir, resume_step=state.step) if ctx.is_main else None
     window = Window(tc.batch_size * accum * cfg.data.seq_len * ctx.world_size, device)
-    last_bits, bad_in_a_row = float("nan"), 0
+    last_bits = float("nan")
     stop = StopRequest()
     try:
         # the loop: one optimizer step, then log, evaluate, checkpoint and stop when due
         with stop, Progress(tc.steps, state.step, progress) as bar:
             while state.step < tc.steps:
                 micro_batches = [next(state.batches) for _ in range(accum)]
-                outcome = train_step(state, micro_batches, grad_clip=tc.grad_clip, precision=precision, ctx=ctx, model=trained)
+                outcome = train_step(state, micro_batches, grad_clip=tc.grad_clip, precision=precision, ctx=ctx, model=loss_module)
                 window.add(outcome)
-                # a non-finite loss or gradient skipped the update; too many in a row stop the run
-                bad_in_a_row = 0 if outcome.applied else bad_in_a_row + 1
-                if bad_in_a_row >= tc.max_bad_steps:
-                    raise MaskdiffError(
-                        f"{plural(bad_in_a_row, 'step')} in a row had a non-finite loss or gradient (up to step {state.step}); "
-                        f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
-                    )
                 step = state.step
                 bar.step()
 
                 if step % tc.log_every == 0 or step == tc.steps:
+                    # a non-finite loss or gradient skipped the update; too many in a row stop the run
+                    # (read here, with the metrics, so that no step waits for the device)
+                    bad_in_a_row = int(window.most_bad_in_a_row)
+                    if bad_in_a_row >= tc.max_bad_steps:
+                        raise MaskdiffError(
+                            f"{plural(bad_in_a_row, 'step')} in a row had a non-finite loss or gradient (up to step {state.step}); "
+                            f"stopped. The last good checkpoint is {checkpoint}; lower train.lr or check the data"
+                        )
                     train_loss = window.close(ctx)
                     last_bits = train_loss / math.log(2)
                     with window.set_aside():

@@ -27,8 +27,35 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel runs the whole update in a few ops, on CPU as on GPU
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    # the fused kernel runs the whole update in a few ops (CPU and CUDA) and can skip it on a flag
+    # held on the device (optimizer_step); elsewhere the plain multi-tensor update
+    fused = all(p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether :func:`optimizer_step` can skip an update on a flag that stays on the device."""
+    return isinstance(optimizer, torch.optim.AdamW) and all(group.get("fused") for group in optimizer.param_groups)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """One update, left out (weights, moments and the step count unchanged) where ``skip`` [] is True.
+
+    The fused AdamW kernel reads the flag on the device (it is the ``found_inf`` of mixed-precision
+    loss scaling), so nothing waits for the host; other optimizers read it back first.
+    """
+    if not skips_on_device(optimizer):
+        if not bool(skip):
+            optimizer.step()
+        return
+    optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf  # type: ignore[attr-defined]
 
 
 class LRSchedule:

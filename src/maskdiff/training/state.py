@@ -23,7 +23,7 @@ Checkpoints saved before "skipped_steps" existed resume with a count of 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,8 +68,20 @@ class TrainState:
     device: torch.device
     ema: EMA | None = None
     step: int = 0  # optimizer steps taken, skipped ones included
-    skipped_steps: int = 0  # steps whose loss or gradient was not finite (no update)
     sharded: bool = False  # checkpoints written with torch.distributed.checkpoint (train.parallel=fsdp)
+    skipped: torch.Tensor = field(init=False)  # [] int64 on the device: steps whose loss or gradient was not finite
+
+    def __post_init__(self) -> None:
+        self.skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose loss or gradient was not finite (no update); counted on the device, so reading it waits for it."""
+        return int(self.skipped)
+
+    @skipped_steps.setter
+    def skipped_steps(self, count: int) -> None:
+        self.skipped.fill_(count)
 
     @classmethod
     def create(cls, cfg: RunConfig, vocab_size: int, splits: Splits, device: torch.device, ctx: distributed.Context | None = None) -> TrainState:
