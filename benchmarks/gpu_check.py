@@ -86,16 +86,16 @@ def ar_decoding(presets: list[str], length: int, samples: int, quick: bool, devi
     for preset in presets:
         model = random_model(preset, 50_257 if "md4" in preset else 84, device, overrides)
 
-        def generate(n: int, cache: bool, model=model) -> float:
+        def generate(n: int, recompute: bool, model=model) -> float:
             sync(device)
             start = time.perf_counter()
             with torch.no_grad(), autocast(device, dtype):
-                deque(model.iterate(samples, n, n, generator=torch.Generator().manual_seed(0), device=device, cache=cache), maxlen=1)
+                deque(model.iterate(samples, n, n, generator=torch.Generator().manual_seed(0), device=device, recompute=recompute), maxlen=1)
             sync(device)
             return time.perf_counter() - start
 
-        generate(16, True), generate(16, False)  # warm-up
-        cached, recomputed = generate(length, True), generate(length, False)
+        generate(16, False), generate(16, True)  # warm-up
+        cached, recomputed = generate(length, False), generate(length, True)
         row = {"preset": preset, "length": length, "samples": samples, "cached_tokens_per_s": samples * length / cached}
         row |= {"recomputed_tokens_per_s": samples * length / recomputed, "speedup": recomputed / cached}
         out.append(row)

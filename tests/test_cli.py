@@ -181,10 +181,10 @@ def test_malformed_numbers_for_a_trained_run_are_clear_errors(trained, capsys):
         (["eval", "--batch-size", "0"], "batch size must be >= 1"),
         (["eval", "--length", "0"], "length must be >= 1"),
         (["eval", "--length", "100000"], "fewer than one sequence"),
-        (["sample", "--num-samples", "0"], "num_samples >= 1"),
-        (["sample", "--length", "0"], "length >= 1"),
-        (["sample", "--temperature", "-1"], "temperature must be >= 0"),
-        (["sample", "--block-size", "-2"], "block_size must be >= 0"),
+        (["sample", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["sample", "--length", "0"], "--length must be >= 1"),
+        (["sample", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["sample", "--block-size", "-2"], "--block-size must be >= 0"),
     ]
     for extra, message in cases:
         code, _, err = run(capsys, extra[0], "--checkpoint", str(trained), "--quiet", *extra[1:])
@@ -244,9 +244,9 @@ def test_sample_bad_input_is_a_clear_error(trained, capsys):
     cases = [
         (["--length", "4", "--prompt", "far too long a prompt"], "more than the sequence length"),
         (["--prompt", "ωμέγα"], "not in the vocabulary"),
-        (["--steps", "0"], "steps must be >= 1"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
         (["--cfg", "2"], "needs a prompt"),
         (["--infill", "no slots here"], "no [[N]] slot"),
         (["--eos", "ab"], "exactly one token"),
@@ -295,7 +295,7 @@ def test_every_command_reads_typed_inputs_made_of_its_own_flags():
         dests = {a.dest for a in parser._actions}
         for cls in declared if isinstance(declared, tuple) else (declared,):
             assert dataclasses.is_dataclass(cls), words
-            made = {f.name for f in dataclasses.fields(cls)} - {"rule_options", "limits"}  # made from several flags
+            made = {f.name for f in dataclasses.fields(cls)} - {"sampler_options", "limits"}  # made from several flags
             assert made <= dests, (words, made - dests)
 
 

@@ -311,7 +311,7 @@ def test_sample_command_with_cache_factor_remasking_and_several_prompts(tiny_run
     assert main([*base, "--prompt", "And so the ", "--num-samples", "1", "--seed", "4"]) == 0
     assert capsys.readouterr()[0][:-1] == texts[1]
     assert main([*base, "--cache", "prefix"]) == 1
-    assert "needs block_size" in capsys.readouterr()[1]
+    assert "needs --block-size" in capsys.readouterr()[1]  # the CLI names the flag
 
 
 def test_load_sample_takes_a_list_of_prompts_and_seeds(tiny_run):

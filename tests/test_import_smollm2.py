@@ -75,6 +75,8 @@ def test_smollm2_cached_generation_equals_uncached(run):
     length = len(prompt) + 12
     given = torch.full((2, length), run.mask_id)
     given[:, : len(prompt)] = prompt
-    samples = [run.model.sample(2, length, 1, given=given, generator=torch.Generator().manual_seed(3), cache=cache) for cache in (True, False)]
+    samples = [
+        run.model.sample(2, length, 1, given=given, generator=torch.Generator().manual_seed(3), recompute=recompute) for recompute in (False, True)
+    ]
     assert torch.equal(samples[0], samples[1])
     assert (samples[0][:, : len(prompt)] == prompt).all() and (samples[0] < run.mask_id).all()

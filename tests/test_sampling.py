@@ -381,3 +381,27 @@ def test_samples_match_the_golden_file():
     assert sorted(got) == sorted(expected)
     changed = [name for name in GOLDEN_CASES if got[name] != expected[name]]
     assert not changed, f"samples changed: {changed}"
+
+
+def test_logprobs_are_each_tokens_log_probability_under_the_prediction_that_revealed_it(toy):
+    model = oracle_model(toy)
+    states = list(iterate(model, 6, toy.L, toy.L, method="low_confidence", tokens_per_step=1, generator=seed(21)))
+    assert states[0].logprobs is not None and states[0].logprobs.isnan().all()
+    for before, after in zip(states, states[1:]):
+        # the exact conditionals given what was unmasked before the step: what the oracle denoiser predicts
+        expected = toy.conditionals(before.z).gather(-1, after.z.clamp_max(toy.V - 1).unsqueeze(-1)).squeeze(-1).log()
+        assert after.revealed.sum() == 6 and torch.allclose(after.logprobs[after.revealed], expected[after.revealed])
+        kept = ~after.revealed & ~(before.z == toy.V)
+        assert torch.equal(after.logprobs[kept], before.logprobs[kept])  # a settled token keeps the figure of its reveal
+    assert torch.isfinite(states[-1].logprobs).all() and (states[-1].logprobs <= 0).all()
+
+
+def test_remasked_tokens_lose_their_logprobs_until_revealed_again(toy):
+    states = list(iterate(oracle_model(toy), 64, toy.L, 12, method="remdm", eta=0.5, generator=seed(22)))
+    remasks = 0
+    for step in states[1:]:
+        if step.remasked is not None:
+            again = step.remasked & ~step.revealed
+            remasks += int(again.sum())
+            assert step.logprobs[again].isnan().all()
+    assert remasks > 0 and torch.isfinite(states[-1].logprobs).all()

@@ -30,7 +30,7 @@ from test_images import write_blob_dataset
 from tiny_run import train_tiny
 
 import maskdiff
-from maskdiff.sampling import SamplerOptions
+from maskdiff.sampling import SamplerOptions, SamplingRequest
 from maskdiff.serve import Limits, create_app
 from maskdiff.serve.app import listen
 from maskdiff.serve.engine import Done, Engine, Job, State
@@ -347,7 +347,8 @@ def test_a_batch_nobody_waits_for_stops_at_its_next_step(text_run):
             if isinstance(item, State):
                 job.cancelled = True
 
-    job = Job(LeaveAfterFirstState(), rows=1, length=16, steps=50, options=SamplerOptions(), seeds=torch.zeros(1, dtype=torch.long), watch=True)
+    request = SamplingRequest(1, 16, 50, SamplerOptions(), seeds=torch.zeros(1, dtype=torch.long))
+    job = Job(LeaveAfterFirstState(), request, watch=True)
     engine._sample([job])
     assert len(seen) == 1 and engine.stats.stopped_batches == 1 and engine.stats.batches == 0
     assert not any(isinstance(item, Done) for item in seen)
@@ -418,6 +419,41 @@ def test_an_autoregressive_run_completes_and_refuses_what_it_cannot_do(ar_run):
         score = http.post("/api/likelihood", json={"text": "The king."}).json()
         assert score["estimator"] == "exact" and score["bits_per_token_stderr"] == 0
         assert score["bits_per_token"] == pytest.approx(ar_run.score("The king.").bits_per_token, rel=1e-9)
+
+
+def test_completion_logprobs_of_an_autoregressive_run_are_exact(ar_run):
+    with serving(ar_run) as server, server.client() as http:
+        body = http.post("/v1/completions", json={"prompt": "The ", "max_tokens": 8, "n": 2, "seed": 4, "logprobs": 2}).json()
+    for choice in body["choices"]:
+        logprobs, text = choice["logprobs"], choice["text"]
+        assert "".join(logprobs["tokens"]) == text and len(logprobs["tokens"]) == 8
+        assert logprobs["text_offset"] == [len("The ") + i for i in range(8)]  # one character per token
+        # log p(completion | prompt) = log p(prompt + completion) - log p(prompt), from the exact likelihood
+        exact = ar_run.score("The " + text).nats - ar_run.score("The ").nats
+        assert -sum(logprobs["token_logprobs"]) == pytest.approx(exact, rel=1e-6)
+        for value, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"]):
+            assert len(top) == 2 and max(top.values()) >= value - 1e-9 and all(v <= 0 for v in top.values())
+
+
+def test_completion_logprobs_of_a_diffusion_run_are_those_at_each_reveal(server, text_run):
+    from maskdiff.generation.frontend import run_sampler
+    from maskdiff.generation.text import plan_text
+
+    body = {"prompt": "The ", "max_tokens": 10, "n": 2, "seed": 6, "steps": 10, "logprobs": 0}
+    with server.client() as http:
+        response = http.post("/v1/completions", json=body).json()
+        refused = http.post("/v1/completions", json={**body, "logprobs": 2}).json()["error"]
+        streamed = http.post("/v1/completions", json={**body, "stream": True}).json()["error"]
+    assert refused["param"] == "logprobs" and "alternatives" in refused["message"]
+    assert streamed["param"] == "logprobs" and "stream" in streamed["message"]
+    plan = plan_text(text_run.loaded, 14, "The ")
+    final = run_sampler(text_run.model, plan.request(2, 10, 6), device=text_run.device).final
+    assert final.logprobs is not None
+    for row, choice in enumerate(sorted(response["choices"], key=lambda c: c["index"])):
+        logprobs = choice["logprobs"]
+        assert "".join(logprobs["tokens"]) == choice["text"] and logprobs["top_logprobs"] == [None] * 10
+        assert logprobs["token_logprobs"] == pytest.approx(final.logprobs[row, 4:14].tolist(), rel=1e-9)
+        assert all(v <= 0 for v in logprobs["token_logprobs"])
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@
     run.infill("To be, or [[12]] to be", n=3)           # -> three strings, the slot filled
     run.score("To be, or not to be").bits_per_token     # the bound (or the exact NLL) of a text
     run.logits(ids)                                     # the network's output for token ids [B, L]
+    maskdiff.load("runs/mnist").sample(16, label=3)     # an image run: uint8 images [16, H, W, C]
 
 Tensors for those who want them: ``run.model`` (an :class:`~maskdiff.objectives.Objective`;
 ``run.model.sample(n, L, steps, given=...)`` takes token ids with the mask id, ``run.mask_id``,
@@ -17,14 +18,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from maskdiff.checkpoint import LoadedRun, load_run
 from maskdiff.errors import MaskdiffError
+from maskdiff.generation.images import plan_images, sample_images, to_pil
 from maskdiff.generation.text import generate_from_run
 from maskdiff.hardware import autocast, resolve_device, resolve_precision
 from maskdiff.objectives import Estimator
+from maskdiff.sampling import STEPS
 
 
 @dataclass
@@ -82,24 +86,40 @@ class Run:
         self,
         n: int = 1,
         length: int | None = None,
-        steps: int = 256,
+        steps: int = STEPS.default,
         prompt: str | Sequence[str] | None = None,
         seed: int | Sequence[int] = 0,
+        eos: str | None = None,
+        label: int | None = None,
+        pil: bool = False,
         **options,
-    ) -> list[str]:
+    ) -> list[str] | torch.Tensor | list[Any]:
         """``n`` texts of ``length`` tokens (default: the run's sequence length), starting with
         ``prompt`` when given. ``options`` are sampler options (method, temperature, top_p, cfg,
-        block_size, kv_cache, refresh, ...).
+        block_size, kv_cache, refresh, eta, ...: :func:`maskdiff.sampling.every_option`).
 
         A list of prompts (of any lengths) gives one text per prompt, and a list of seeds one seed
-        per text: each text is then what it is alone with its prompt and seed.
+        per text: each text is then what it is alone with its prompt and seed. ``eos`` is an
+        end-of-text token (one token of text) at which the texts end (default: a fine-tuned run's own).
+
+        An image run gives ``n`` images instead: a uint8 tensor [n, H, W, C] (``pil``: a list of
+        PIL images), of class ``label`` for a class-conditional run (``cfg`` guides towards it).
         """
-        self._need_text()
+        if self.config.data.data_format.is_image:
+            if length is not None or prompt is not None or eos is not None:
+                raise MaskdiffError("length, prompt and eos are for text runs; an image run samples whole images")
+            if not isinstance(seed, int):
+                raise MaskdiffError("an image run takes one seed for all its images")
+            request = plan_images(self.loaded, n, steps, seed, label, **options)
+            images, _ = sample_images(self.loaded, request, self.device, self.dtype)
+            return [to_pil(image) for image in images] if pil else torch.from_numpy(images)
+        if label is not None or pil:
+            raise MaskdiffError("label and pil are for image runs; this run models text")
         if n == 1 and prompt is not None and not isinstance(prompt, str):
             n = len(prompt)
-        return generate_from_run(self.loaded, n, length, steps, seed, prompt, None, None, self.device, self.dtype, **options).texts
+        return generate_from_run(self.loaded, n, length, steps, seed, prompt, None, eos, self.device, self.dtype, **options).texts
 
-    def infill(self, template: str, n: int = 1, steps: int = 256, seed: int = 0, **options) -> list[str]:
+    def infill(self, template: str, n: int = 1, steps: int = STEPS.default, seed: int = 0, **options) -> list[str]:
         """``n`` completions of an infill template, text with ``[[N]]`` where N tokens are to be generated."""
         self._need_text()
         return generate_from_run(self.loaded, n, None, steps, seed, None, template, None, self.device, self.dtype, **options).texts
@@ -142,7 +162,7 @@ class Run:
             return self.model.predict(ids, (ids == self.mask_id).float().mean(-1)).float()
 
     def _need_text(self) -> None:
-        self.config.data.data_format.require_text(self.loaded.run_dir, "use maskdiff.generation.generate_images or run.model")
+        self.config.data.data_format.require_text(self.loaded.run_dir, "sample it with run.sample(n, label=...)")
 
 
 def load(path: str | Path, weights: str = "ema", device: str = "auto", precision: str = "auto") -> Run:

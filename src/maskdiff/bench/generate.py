@@ -32,7 +32,7 @@ from maskdiff.evaluation.judge import SampleQuality, load_judge, sample_quality
 from maskdiff.generation.frontend import run_sampler
 from maskdiff.generation.text import join_samples
 from maskdiff.runs import Run, load
-from maskdiff.sampling import RULES, SamplerOptions
+from maskdiff.sampling import RULES, SamplerOptions, SamplingRequest
 
 GUIDANCE = (
     "unsupervised classifier-free guidance (SMDM): logits u + (w + 1)(c - u), the unconditional pass u being the "
@@ -113,7 +113,8 @@ def _generate(run: Run, ids: torch.Tensor, prompt_length: int, steps: int, optio
     """Continue every row's first ``prompt_length`` ids.  -> (continuations, seconds, network evaluations)"""
     given = ids.clone()
     given[:, prompt_length:] = run.mask_id
-    result = run_sampler(run.model, ids.shape[0], ids.shape[1], steps, options, seed=seed, given=given, device=run.device, dtype=run.dtype)
+    request = SamplingRequest(ids.shape[0], ids.shape[1], steps, options, given=given, seed=seed)
+    result = run_sampler(run.model, request, device=run.device, dtype=run.dtype)
     texts = [run.decode(row[prompt_length:]) for row in result.final.z.tolist()]
     return texts, result.seconds, result.final.nfe
 

@@ -63,7 +63,12 @@ def command_threads(args: argparse.Namespace) -> Iterator[None]:
 
 
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    text = str(err)
+    if "maskdiff.sampling" in sys.modules:  # a sampler option is named by its flag (the library is loaded by then)
+        from maskdiff.sampling.flags import OptionError, flag_message
+
+        text = flag_message(err) if isinstance(err, OptionError) else text
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ def cmd_presets(args: PresetsArgs) -> int:
 
     if args.show is None:
         width = max(map(len, PRESETS))
-        print(f"{'preset':{width}s}  {'params':>7s}  (network without input embedding; text: the built-in corpus's characters)")
+        counted = "all weights but the input embedding, output layer included; text: the built-in corpus's characters"
+        print(f"{'preset':{width}s}  {'params':>7s}  ({counted})")
         for name, fn in PRESETS.items():
             print(f"{name:{width}s}  {parameter_count(fn()) / 1e6:6.2f}M  {(fn.__doc__ or '').strip()}")
         return 0

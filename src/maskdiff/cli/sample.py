@@ -15,34 +15,9 @@ TEXT_ONLY = ("prompt", "infill", "eos", "length")
 IMAGE_ONLY = ("label", "inpaint", "scale")
 
 
-def _rule_options(args) -> dict:
-    """The sampler options that text and image runs share, from the sample subcommand's flags."""
-    return {
-        "method": args.method,
-        "grid": args.grid,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "tokens_per_step": args.tokens_per_step,
-        "threshold": args.threshold,
-        "block_size": args.block_size,
-        "cfg": args.cfg,
-        "cache": not args.no_cache,
-        "kv_cache": args.cache,
-        "refresh": args.refresh,
-        "factor": args.factor,
-        "max_tokens_per_step": args.max_tokens_per_step,
-        "eta": args.eta,
-        "remask": args.remask,
-        "t_on": args.t_on,
-        "t_off": args.t_off,
-        "alpha_on": args.alpha_on,
-    }
-
-
 @dataclass(frozen=True)
 class SampleArgs:
-    """The flags of `maskdiff sample`; the sampler's own options are ``rule_options``."""
+    """The flags of `maskdiff sample`; the sampler's options (generated flags) are ``sampler_options``."""
 
     checkpoint: str
     num_samples: int | None
@@ -55,18 +30,19 @@ class SampleArgs:
     keep: str
     scale: int | None
     eos: str | None
-    min_length: int
     seed: int
     weights: str
     precision: str
     show_steps: bool
     output: str | None
     quiet: bool
-    rule_options: dict[str, Any]
+    sampler_options: dict[str, Any]  # the sampler options given, by name (maskdiff.sampling.SamplerOptions)
 
 
 def sample_inputs(args: argparse.Namespace) -> SampleArgs:
-    return inputs_of(SampleArgs, args, rule_options=_rule_options(args))
+    from maskdiff.sampling.flags import option_values
+
+    return inputs_of(SampleArgs, args, sampler_options=option_values(args))
 
 
 def _sample_images(args: SampleArgs) -> int:
@@ -90,7 +66,7 @@ def _sample_images(args: SampleArgs) -> int:
         weights=args.weights,
         precision=args.precision,
         progress=not args.quiet,
-        **args.rule_options,
+        **args.sampler_options,
     )
     print(f"sample grid: {gen.path}")
     if gen.steps_path is not None:
@@ -122,8 +98,6 @@ def _sample_text(args: SampleArgs) -> int:
         for text in texts:
             print(text, file=sys.stderr)
 
-    # a fine-tuned run cuts at its own end of text without --eos
-    cut: dict[str, Any] = {"truncate_after_eos": True} if args.eos is not None else {}
     prompts = args.prompt or []
     if len(prompts) > 1 and args.num_samples not in (None, len(prompts)):
         raise MaskdiffError(f"{len(prompts)} prompts with --num-samples {args.num_samples}: several prompts give one sample each")
@@ -141,9 +115,7 @@ def _sample_text(args: SampleArgs) -> int:
         precision=args.precision,
         progress=not args.quiet and not args.show_steps,  # the steps on stderr read better without a bar
         on_step=show if args.show_steps else None,
-        min_length=args.min_length,
-        **cut,
-        **args.rule_options,
+        **args.sampler_options,
     )
     output = join_samples(gen.texts)
     print(output)  # first, so that a late failure to write --output loses nothing
@@ -172,7 +144,7 @@ def add_sample_parser(sub: Commands) -> None:
 
 
 def fill_sample_parser(p: Parser) -> None:
-    from maskdiff.sampling import CACHE_MODES, GRIDS, REMASK_SCHEDULES, RULES
+    from maskdiff.sampling.flags import add_option_flags
 
     p.description = (
         "Generate text by running the reverse process. Rules (--method): " + rule_summaries() + ". "
@@ -182,34 +154,11 @@ def fill_sample_parser(p: Parser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="run folder or one of its checkpoint folders")
     p.add_argument("--num-samples", type=int, help="how many texts or images (default 4 texts, 16 images)")
     p.add_argument("--length", type=int, help="tokens per text (default: the run's sequence length)")
-    p.add_argument("--steps", type=int, default=256, help="reverse-process steps (default 256; autoregressive runs: one per token, so ignored)")
-    p.add_argument("--method", choices=RULES.names(), default="ancestral", help="which positions to reveal each step (default ancestral)")
-    p.add_argument("--grid", choices=GRIDS, default="cosine", help="time grid (default cosine)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 takes the most likely token")
-    p.add_argument("--top-k", type=int, default=0, help="draw from the k most likely tokens only (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="draw from the smallest set of tokens holding this probability")
-    p.add_argument("--tokens-per-step", type=int, default=0, help="low_confidence/random: reveal this many per step")
-    p.add_argument("--threshold", type=float, default=0.9, help="threshold rule: reveal tokens at least this likely")
-    p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive blocks of this many tokens (0: off)")
-    p.add_argument(
-        "--cache",
-        choices=CACHE_MODES,
-        default="none",
-        help="with --block-size, a KV cache: prefix keeps the decoded blocks' keys/values, dual also the later masked blocks' (default none)",
-    )
-    p.add_argument("--refresh", type=int, default=0, metavar="N", help="with --cache: a full pass every N steps (0: at block starts only)")
-    p.add_argument("--factor", type=float, default=1.0, metavar="F", help="factor rule: reveal the n most confident while (n+1)(1-p_n) < F")
-    p.add_argument("--max-tokens-per-step", type=int, default=0, metavar="N", help="threshold/factor rules: at most N tokens per step (0: no cap)")
-    p.add_argument("--eta", type=float, default=0.0, help="remdm rule: remasking strength in [0, 1] (0: the ancestral sampler)")
-    p.add_argument("--remask", choices=REMASK_SCHEDULES, default="cap", help="remdm rule: remasking schedule (default cap)")
-    p.add_argument("--t-on", type=float, default=0.55, help="remdm loop: alpha is held constant for times in [t-off, t-on] (default 0.55)")
-    p.add_argument("--t-off", type=float, default=0.05, help="remdm loop: end of the window (default 0.05)")
-    p.add_argument("--alpha-on", type=float, default=0.9, help="remdm loop: the alpha held in the window (default 0.9)")
+    add_option_flags(p.add_argument_group("sampler options (each also a field of POST /v1/completions)"))
     p.add_argument(
         "--prompt", metavar="TEXT", action="append", help="fixed beginning of every sample; repeated: one sample per prompt (sample i: seed + i)"
     )
     p.add_argument("--infill", metavar="TEMPLATE", help="text with [[N]] where N tokens are to be generated, e.g. 'To be, or [[12]] to be'")
-    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance weight towards the prompt or --label (default 0: off)")
     p.add_argument("--label", type=int, metavar="N", help="images: sample class N (class-conditional runs)")
     p.add_argument("--inpaint", metavar="IMAGE", help="images: PNG/JPEG file whose --keep region every sample keeps")
     p.add_argument(
@@ -221,12 +170,6 @@ def fill_sample_parser(p: Parser) -> None:
     p.add_argument("--scale", type=int, help="images: enlarge each pixel of the grid to N x N (default 1)")
     p.add_argument(
         "--eos", metavar="TOKEN", help="end-of-text token: samples are cut at its first occurrence (default: a fine-tuned run's own, else none)"
-    )
-    p.add_argument("--min-length", type=int, default=0, help="with --eos: no end of text before this position")
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="call the network in every step, even when nothing is revealed (autoregressive runs: no KV cache; for block decoding see --cache)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA or raw weights (default ema)")

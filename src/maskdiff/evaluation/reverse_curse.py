@@ -37,7 +37,7 @@ from maskdiff.errors import MaskdiffError, plural
 from maskdiff.generation.frontend import run_sampler
 from maskdiff.generation.text import INFILL_SLOT, conditioning
 from maskdiff.hardware import resolve_device, resolve_precision
-from maskdiff.sampling import SamplerOptions
+from maskdiff.sampling import SamplerOptions, SamplingRequest
 from maskdiff.tokenizer import CharTokenizer
 
 INFILL = "reverse-infill"  # the reverse question as a blank in the trained sentence (masked diffusion only)
@@ -159,7 +159,7 @@ def answer_questions(
         else:
             options = SamplerOptions(method="low_confidence", tokens_per_step=1, temperature=0.0)
             steps = max(slots)
-        final = run_sampler(model, len(batch), seq_len, steps, options, given=given, device=device, dtype=dtype).final.z.cpu()
+        final = run_sampler(model, SamplingRequest(len(batch), seq_len, steps, options, given=given), device=device, dtype=dtype).final.z.cpu()
         for row, prompt in enumerate(prompts):
             ids = final[row, prompt.numel() :].tolist()
             answers.append(tokenizer.decode(ids[: ids.index(eos_id)] if eos_id in ids else ids))
@@ -195,7 +195,7 @@ def answer_blanks(
         blanks = given == model.mask_id
         options = SamplerOptions(method="low_confidence", tokens_per_step=1, temperature=0.0)
         steps = int(blanks.sum(-1).max())
-        final = run_sampler(model, len(rows), seq_len, steps, options, given=given, device=device, dtype=dtype).final.z.cpu()
+        final = run_sampler(model, SamplingRequest(len(rows), seq_len, steps, options, given=given), device=device, dtype=dtype).final.z.cpu()
         answers += [tokenizer.decode(final[row][blanks[row]].tolist()) for row in range(len(rows))]
     return answers
 

@@ -8,18 +8,21 @@ conditioning from their kind of input and turn the final state into their kind o
 from __future__ import annotations
 
 import itertools
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from maskdiff.errors import MaskdiffError
+from maskdiff.checkpoint import LoadedRun
+from maskdiff.errors import MaskdiffError, plural
 from maskdiff.hardware import autocast
 from maskdiff.objectives import Objective
-from maskdiff.sampling import SamplerOptions, Step, row_seeds
+from maskdiff.sampling import SamplingRequest, Step
 
 
 @dataclass
@@ -32,34 +35,15 @@ class Sampled:
 
 def run_sampler(
     model: Objective,
-    num_samples: int,
-    length: int,
-    steps: int,
-    options: SamplerOptions,
-    seed: int | Sequence[int] = 0,
-    given: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
+    request: SamplingRequest,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
     on_step: Callable[[Step], None] | None = None,
-    seeds: torch.Tensor | None = None,
 ) -> Sampled:
-    """Run ``model.iterate`` to the end with seed ``seed``; ``on_step`` sees every state (the initial one included).
-
-    ``seed`` may be one seed per sample: each sample then gets what it gets alone with its seed
-    (:func:`maskdiff.sampling.row_seeds`). ``seeds`` [N] (:func:`maskdiff.sampling.stream_seeds`)
-    give each row its own random stream instead of ``seed``'s, so rows of different requests can
-    share a batch."""
-    if not isinstance(seed, int):
-        if seeds is not None:
-            raise MaskdiffError("give one seed per sample or the stream seeds, not both")
-        if len(seed) != num_samples:
-            raise MaskdiffError(f"{len(seed)} seeds for {num_samples} samples: give one seed per sample")
-        seeds, seed = row_seeds(seed), 0
-    generator = torch.Generator().manual_seed(seed)
+    """Run ``model.iterate`` for ``request`` to the end; ``on_step`` sees every state (the initial one included)."""
     start = time.perf_counter()
-    states = model.iterate(num_samples, length, steps, given=given, generator=generator, device=device, options=options, labels=labels, seeds=seeds)
+    states = request.states(model, device)
     with autocast(device or torch.device("cpu"), dtype):
         first = next(states)  # the initial state: a problem with the request shows here, before any progress bar
         step = first
@@ -70,6 +54,85 @@ def run_sampler(
                 if on_step is not None:
                     on_step(step)
     return Sampled(step, time.perf_counter() - start)
+
+
+@dataclass
+class TokenLogprobs:
+    """Log-probabilities of the tokens of final states [N, L] (see :func:`token_logprobs`)."""
+
+    chosen: torch.Tensor  # [N, L] float64, nan where not known (given positions of a diffusion model)
+    top_ids: torch.Tensor | None = None  # [N, L, k] the k most likely tokens at each position
+    top_values: torch.Tensor | None = None  # [N, L, k] their log-probabilities
+
+
+def token_logprobs(model: Objective, final: Step, top: int = 0) -> TokenLogprobs:
+    """The log-probability of each token of a finished sample, and of the ``top`` most likely
+    alternatives where the model has them.
+
+    An autoregressive model's are exact: log p(x_i | x_<i) under the model's own next-token
+    distribution (temperature 1, no top-k/top-p), from one pass over the finished rows. A masked
+    diffusion model has no such chain: its figure for a token is the log-probability of the value
+    it drew under the prediction at the step that revealed it (after temperature, top-k and
+    top-p), recorded by the sampler (:attr:`maskdiff.sampling.Step.logprobs`); it keeps no
+    alternatives, so ``top`` > 0 is refused.
+    """
+    if model.left_to_right:
+        causal: Any = model  # an autoregressive objective: predict(inputs) and shift_right(x0)
+        with torch.no_grad():
+            scores = causal.predict(causal.shift_right(final.z)).double().log_softmax(-1)
+        chosen = scores.gather(-1, final.z.unsqueeze(-1)).squeeze(-1)
+        if not top:
+            return TokenLogprobs(chosen)
+        values, ids = scores.topk(top, dim=-1)
+        return TokenLogprobs(chosen, ids, values)
+    if top:
+        raise MaskdiffError("a masked diffusion model records the log-probability of each token it reveals, not of the alternatives")
+    if final.logprobs is None:
+        raise MaskdiffError("this model's sampler records no log-probabilities")
+    return TokenLogprobs(final.logprobs)
+
+
+def available_memory(device: torch.device | None) -> int | None:
+    """Bytes free for tensors on ``device`` (CPU: the system's available memory); None if unknown."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def sampling_memory(run: LoadedRun, request: SamplingRequest) -> int:
+    """A lower estimate of the bytes one network call of ``request`` needs at once: the logits
+    (float32, with the guided mix and the softmax beside them) and the activations of one block
+    of the network, plus the block-decoding KV cache. Attention is counted without an L x L score
+    matrix (scaled_dot_product_attention's kernels do not build one), so this errs on the low side:
+    it refuses only what cannot fit."""
+    rows = request.rows * (2 if request.options.cfg else 1)  # a guided call runs both passes as one batch
+    positions = rows * request.length
+    model = run.config.model
+    width, ratio, layers = getattr(model, "d_model", 0), getattr(model, "mlp_ratio", 4), getattr(model, "n_layers", 0)
+    logits = 3 * positions * run.model.vocab_size * 4
+    activations = positions * width * (6 + ratio) * 4
+    kv = 2 * layers * positions * width * 4 if request.options.kv_cache != "none" or run.model.left_to_right else 0
+    return logits + activations + kv
+
+
+def check_memory(run: LoadedRun, request: SamplingRequest, device: torch.device | None) -> None:
+    """Refuse, before anything runs, a request whose sampling cannot fit in the memory available."""
+    needed, free = sampling_memory(run, request), available_memory(device)
+    if free is not None and needed > free:
+        raise MaskdiffError(
+            f"{plural(request.rows, 'sample')} of {plural(request.length, 'token')} need at least {needed / 2**30:,.1f} GiB "
+            f"for the network's activations and logits, more than the {free / 2**30:,.1f} GiB available "
+            f"(the model was trained on {plural(run.config.data.seq_len, 'token')}); ask for fewer or shorter samples"
+        )
 
 
 def check_output_path(path: str | Path, what: str = "output") -> Path:

@@ -21,9 +21,9 @@ import torch
 from maskdiff.checkpoint import LoadedRun, load_run
 from maskdiff.data.images import images_to_tokens, read_image_file, tokens_to_images
 from maskdiff.errors import MaskdiffError
-from maskdiff.generation.frontend import check_output_path, run_sampler
+from maskdiff.generation.frontend import Sampled, check_output_path, run_sampler
 from maskdiff.hardware import resolve_device, resolve_precision
-from maskdiff.sampling import SamplerOptions, Step
+from maskdiff.sampling import STEPS, OptionError, SamplerOptions, SamplingRequest, Step
 
 MASK_COLOR = (255, 0, 255)  # magenta: still masked
 KEEP_REGIONS = ("top", "bottom", "left", "right", "center", "outside")
@@ -63,7 +63,8 @@ def make_grid(images: np.ndarray, padding: int = 2, scale: int = 1, background: 
     return grid
 
 
-def _pil(picture: np.ndarray):
+def to_pil(picture: np.ndarray):
+    """A uint8 picture [H, W, C] (C = 1, 3 or 4) as a PIL image."""
     from PIL import Image
 
     return Image.fromarray(picture[..., 0] if picture.shape[2] == 1 else picture)
@@ -73,7 +74,7 @@ def save_png(picture: np.ndarray, path: str | Path) -> Path:
     """Write uint8 [H, W, C] (C = 1, 3 or 4) as a PNG file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _pil(picture).save(path, format="PNG")
+    to_pil(picture).save(path, format="PNG")
     return path
 
 
@@ -94,7 +95,7 @@ def save_animation(frames: list[np.ndarray], path: str | Path, seconds: float = 
     if path.suffix.lower() == ".png":
         strip = np.concatenate([np.pad(f, ((0, 0), (0, 4), (0, 0)), constant_values=255) for f in frames], axis=1)
         return save_png(strip, path)
-    pictures = [_pil(f) for f in frames]
+    pictures = [to_pil(f) for f in frames]
     durations = [max(20, int(1000 * seconds / len(frames)))] * (len(frames) - 1) + [2000]
     pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0)
     return path
@@ -140,12 +141,12 @@ def image_labels(run: LoadedRun, num_samples: int, label: int | None, options: S
     labels = None
     if label is not None:
         if not num_classes:
-            raise MaskdiffError("this run is not class-conditional (model.num_classes = 0); drop the label")
+            raise OptionError("label", "this run is not class-conditional (model.num_classes = 0); drop the label ({label})")
         if not 0 <= label < num_classes:
-            raise MaskdiffError(f"label {label} is out of range: the run has classes 0..{num_classes - 1}")
+            raise OptionError("label", f"{{label}} {label} is out of range: the run has classes 0..{num_classes - 1}")
         labels = torch.full((num_samples,), label, dtype=torch.long)
     if options.cfg and labels is None:
-        raise MaskdiffError("classifier-free guidance on images needs a class label to guide towards")
+        raise OptionError("cfg", "classifier-free guidance ({cfg}) on images needs a class label ({label}) to guide towards")
     return labels
 
 
@@ -159,10 +160,53 @@ def default_output(run_dir: Path, inpaint: bool) -> Path:
     return run_dir / ("inpainting.png" if inpaint else "samples.png")
 
 
+def plan_images(
+    run: LoadedRun,
+    num_samples: int,
+    steps: int = STEPS.default,
+    seed: int = 0,
+    label: int | None = None,
+    inpaint: str | Path | None = None,
+    keep: str = "top",
+    **sampler_options,
+) -> SamplingRequest:
+    """Check an image request against the run and turn it into a :class:`SamplingRequest`:
+    every sub-pixel of ``num_samples`` images, of class ``label``, keeping the ``keep`` region of
+    the image file ``inpaint``."""
+    data = run.config.data
+    if not data.data_format.is_image:
+        raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
+    size, channels = data.image_size, data.channels
+    if num_samples < 1:
+        raise OptionError("num_samples", f"{{num_samples}} must be >= 1, got {num_samples}")
+    options = SamplerOptions(**sampler_options)
+    labels = image_labels(run, num_samples, label, options)
+    given = None
+    if inpaint is not None:
+        pixels = read_image_file(inpaint, channels)
+        if pixels.shape[:2] != (size, size):
+            raise MaskdiffError(f"image {str(inpaint)!r} is {pixels.shape[1]}x{pixels.shape[0]}, the run models {size}x{size} images")
+        given = inpainting_given(pixels, keep, run.model.mask_id).expand(num_samples, -1).clone()
+    return SamplingRequest(num_samples, size * size * channels, steps, options, given=given, labels=labels, seed=seed)
+
+
+def sample_images(
+    run: LoadedRun,
+    request: SamplingRequest,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+) -> tuple[np.ndarray, Sampled]:
+    """Run an image request (:func:`plan_images`).  -> (uint8 images [N, H, W, C], the sampler's result)"""
+    result = run_sampler(run.model, request, device=device, dtype=dtype, progress=progress, on_step=on_step)
+    return tokens_to_images(result.final.z, run.config.data.image_size, run.config.data.channels), result
+
+
 def generate_images(
     checkpoint: str | Path,
     num_samples: int = 16,
-    steps: int = 256,
+    steps: int = STEPS.default,
     seed: int = 0,
     label: int | None = None,
     inpaint: str | Path | None = None,
@@ -189,20 +233,8 @@ def generate_images(
     """
     dev = resolve_device(device)
     run = load_run(checkpoint, weights=weights, device=dev)
-    data = run.config.data
-    if not data.data_format.is_image:
-        raise MaskdiffError(f"{run.run_dir} is a text run; image sampling needs a run trained on images")
-    size, channels, mask_id = data.image_size, data.channels, run.model.mask_id
-    if num_samples < 1:
-        raise MaskdiffError(f"num_samples must be >= 1, got {num_samples}")
-    options = SamplerOptions(**sampler_options)
-    labels = image_labels(run, num_samples, label, options)
-    given = None
-    if inpaint is not None:
-        pixels = read_image_file(inpaint, channels)
-        if pixels.shape[:2] != (size, size):
-            raise MaskdiffError(f"image {str(inpaint)!r} is {pixels.shape[1]}x{pixels.shape[0]}, the run models {size}x{size} images")
-        given = inpainting_given(pixels, keep, mask_id).expand(num_samples, -1).clone()
+    request = plan_images(run, num_samples, steps, seed, label, inpaint, keep, **sampler_options)
+    size, channels, mask_id = run.config.data.image_size, run.config.data.channels, run.model.mask_id
     path = Path(output) if output is not None else default_output(run.run_dir, inpaint is not None)
     if path.suffix.lower() != ".png":
         raise MaskdiffError(f"the sample grid is a PNG file; {str(path)!r} does not end in .png")
@@ -220,22 +252,7 @@ def generate_images(
         if on_step is not None:
             on_step(step)
 
-    dtype = image_precision(run, precision, dev)
-    result = run_sampler(
-        run.model,
-        num_samples,
-        size * size * channels,
-        steps,
-        options,
-        seed=seed,
-        given=given,
-        labels=labels,
-        device=dev,
-        dtype=dtype,
-        progress=progress,
-        on_step=watch,
-    )
-    images = tokens_to_images(result.final.z, size, channels)
+    images, result = sample_images(run, request, dev, image_precision(run, precision, dev), progress, watch)
     save_keeping_the_work(lambda where: save_png(make_grid(images, scale=scale), where), path, ".png")
     if steps_path is not None:
         save_keeping_the_work(lambda where: save_animation(frames, where), steps_path, steps_path.suffix)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from maskdiff.checkpoint import LoadedRun, load_run
-from maskdiff.errors import MaskdiffError
-from maskdiff.generation.frontend import run_sampler
+from maskdiff.checkpoint import LoadedRun, load_run, warn
+from maskdiff.errors import MaskdiffError, plural
+from maskdiff.generation.frontend import check_memory, run_sampler
 from maskdiff.hardware import resolve_device, resolve_precision
-from maskdiff.sampling import SamplerOptions, Step
+from maskdiff.sampling import STEPS, SamplerOptions, SamplingRequest, Step
+from maskdiff.sampling.options import OptionError, literal
 
 MASK_CHAR = "_"
 INFILL_SLOT = re.compile(r"\[\[(\d+)\]\]")
@@ -74,7 +75,7 @@ def generate_text(
     checkpoint: str | Path,
     num_samples: int = 4,
     length: int | None = None,
-    steps: int = 256,
+    steps: int = STEPS.default,
     seed: int | Sequence[int] = 0,
     prompt: str | Sequence[str] | None = None,
     infill: str | None = None,
@@ -111,7 +112,7 @@ def generate_from_run(
     run: LoadedRun,
     num_samples: int = 4,
     length: int | None = None,
-    steps: int = 256,
+    steps: int = STEPS.default,
     seed: int | Sequence[int] = 0,
     prompt: str | Sequence[str] | None = None,
     infill: str | None = None,
@@ -134,39 +135,37 @@ def generate_from_run(
     its own (``data.eos``), which is the default, with the samples cut at it. ``dtype`` is the
     autocast precision (None: fp32). ``on_step(step, texts)`` sees every intermediate state with
     masks shown as underscores.
+
+    A ``length`` beyond the run's trained sequence length gets a one-line warning; one whose
+    sampling cannot fit in memory is refused before anything runs (:func:`check_memory`).
     """
     prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
     if len(prompts) > 1 and len(prompts) != num_samples:
         raise MaskdiffError(f"{len(prompts)} prompts for {num_samples} samples: give one prompt per sample")
     plans = [plan_text(run, length, text, infill, eos, **sampler_options) for text in prompts]
     plan = plans[0]  # the prompts change only the given rows: every plan has the same length and options
-    if plan.given is None:
-        given = None
-    elif len(plans) > 1:
-        given = torch.stack([p.given for p in plans if p.given is not None])  # every row is a prompt here
-    else:
-        given = plan.given.expand(num_samples, -1).clone()
+    request = plan.request(num_samples, steps, seed, [p.given for p in plans] if len(plans) > 1 else None)
+    check_memory(run, request, device)
+    warn_beyond_training(run, plan.length)
 
     def show(step: Step) -> None:
         if on_step is not None:
             on_step(step, [decode_partial(run.tokenizer, row, run.model.mask_id) for row in step.z.tolist()])
 
-    result = run_sampler(
-        run.model,
-        num_samples,
-        plan.length,
-        steps,
-        plan.options,
-        seed=seed,
-        given=given,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-        on_step=show,
-    )
+    result = run_sampler(run.model, request, device=device, dtype=dtype, progress=progress, on_step=show)
     final = result.final
     texts = plan.decode(run.tokenizer, final.z)
     return Generation(texts, result.seconds, num_samples * plan.length / result.seconds, final.nfe, final.tokens_per_evaluation)
+
+
+def warn_beyond_training(run: LoadedRun, length: int) -> None:
+    """One line on stderr when ``length`` goes beyond the positions the run was trained on."""
+    trained = run.config.data.seq_len
+    if length > trained:
+        warn(
+            f"the model was trained on sequences of {plural(trained, 'token')}; {plural(length, 'token')} go beyond that, "
+            "and what it samples past its trained length is untested extrapolation"
+        )
 
 
 @dataclass
@@ -183,6 +182,16 @@ class TextPlan:
     prefix: int  # tokens of the prompt (0 without one)
     options: SamplerOptions
 
+    def request(self, rows: int, steps: int, seed: int | Sequence[int] = 0, given_rows: list[torch.Tensor | None] | None = None) -> SamplingRequest:
+        """The sampling request of ``rows`` samples of this plan (``given_rows``: one given row per
+        sample, of plans that differ only in their prompts)."""
+        given = None
+        if given_rows is not None:
+            given = torch.stack([g for g in given_rows if g is not None])  # every row is a prompt here
+        elif self.given is not None:
+            given = self.given.expand(rows, -1).clone()
+        return SamplingRequest.seeded(rows, self.length, steps, self.options, seed, given=given)
+
     def decode(self, tokenizer, z: torch.Tensor, start: int = 0) -> list[str]:
         """The texts of final states z [N, length] from position ``start`` on, cut at the end of
         text when the options say so."""
@@ -197,8 +206,11 @@ def plan_text(
     mask_id = run.model.mask_id
     if eos is None and run.config.data.eos:
         eos = run.config.data.eos
+    if eos is not None:  # the samples end at the end of text
         sampler_options.setdefault("truncate_after_eos", True)
     length = run.config.data.seq_len if length is None else length
+    if length < 1:
+        raise OptionError("length", f"{{length}} must be >= 1, got {length}")
     given_row = conditioning(run.tokenizer, mask_id, length, prompt, infill)
     if given_row is not None:
         length = given_row.numel()
@@ -211,14 +223,11 @@ def plan_text(
     if eos is not None:
         eos_ids = run.tokenizer.encode(eos)
         if eos_ids.numel() != 1:
-            raise MaskdiffError(f"the end-of-text marker {eos!r} must be exactly one token, not {eos_ids.numel()}")
+            raise OptionError("eos_id", f"the end-of-text marker {literal(repr(eos))} ({{eos_id}}) must be exactly one token, not {eos_ids.numel()}")
         sampler_options["eos_id"] = int(eos_ids[0])
-    try:
-        options = SamplerOptions(**sampler_options)
-    except TypeError as err:
-        raise MaskdiffError(f"unknown sampler option: {err}") from None
+    options = SamplerOptions(**sampler_options)
     if options.cfg and given_row is None:
-        raise MaskdiffError("classifier-free guidance needs a prompt or an infill template to guide towards")
+        raise OptionError("cfg", "classifier-free guidance ({cfg}) needs a prompt or an infill template to guide towards")
     prefix = len(run.tokenizer.encode(prompt)) if prompt is not None else 0
     return TextPlan(given_row, length, padded, prefix, options)
 

@@ -16,7 +16,7 @@ so :meth:`Autoregressive.nelbo` is the exact negative log-likelihood of the whol
 
 Generation (:meth:`Autoregressive.iterate`) decodes left to right, one token per network call:
 the prompt in one pass, then each new token on the KV cache (``forward_cached``), or, with
-``cache=False``, recomputing the whole prefix every step (same tokens; for tests and the
+``recompute=True``, recomputing the whole prefix every step (same tokens; for tests and the
 benchmark benchmarks/ar_generation.py).
 """
 
@@ -159,9 +159,9 @@ class Autoregressive(Objective):
         Options (:class:`~maskdiff.sampling.SamplerOptions`): ``eos_id`` with ``min_length``
         keeps eos out of positions before ``min_length``; with ``truncate_after_eos`` (what
         ``maskdiff sample --eos`` sets) a row stops at its first eos and the rest of it becomes
-        eos, and once every row has stopped the network is not called again. ``cache`` (default)
-        decodes on the KV cache: the prompt in one pass, then one new token per call;
-        ``cache=False`` recomputes the whole prefix every step. ``grid`` is ignored (no time);
+        eos, and once every row has stopped the network is not called again. It decodes on the KV
+        cache (the prompt in one pass, then one new token per call); ``recompute=True``
+        recomputes the whole prefix every step. ``grid`` is ignored (no time);
         another ``method``, ``block_size``, ``cfg`` and ``labels`` are refused.
         """
         if options is None:
@@ -200,7 +200,7 @@ class Autoregressive(Objective):
         u = streams.uniform(length)  # [N, L]: one draw per position, whether it is generated or not
         times = torch.zeros(n, device=z.device)
         net: Any = self.denoiser
-        cache = net.new_cache(length) if options.cache and hasattr(net, "forward_cached") else None
+        cache = net.new_cache(length) if not options.recompute and hasattr(net, "forward_cached") else None
         eos = options.eos_id
         stop_id = eos if options.truncate_after_eos else None  # a row stops at its first stop_id
         stopped = torch.zeros(n, dtype=torch.bool, device=z.device)

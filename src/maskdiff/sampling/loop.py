@@ -48,73 +48,14 @@ from dataclasses import dataclass, field
 import torch
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.sampling.cache import CACHE_MODES, BlockCache, CachedPass
-from maskdiff.sampling.distributions import GRIDS, filter_probs, time_grid
-from maskdiff.sampling.rules import RULES, Prediction, Rule, StepContext, check_rule_options
+from maskdiff.sampling.cache import BlockCache, CachedPass
+from maskdiff.sampling.distributions import filter_probs, time_grid
+from maskdiff.sampling.options import OptionError
+from maskdiff.sampling.rules import Prediction, Rule, StepContext
+from maskdiff.sampling.settings import SamplerOptions
 from maskdiff.sampling.streams import SampleStreams
 
 DRAW_CHUNK_BYTES = 1 << 23  # float64 bytes of one [positions, V] tensor of a draw (8 MiB)
-
-
-@dataclass
-class SamplerOptions:
-    """How to sample; validated when built (the rule checks its own options)."""
-
-    method: str = "ancestral"  # the reveal rule, a name in maskdiff.sampling.RULES
-    grid: str = "cosine"
-    temperature: float = 1.0
-    top_k: int = 0  # keep the k most likely values; 0 keeps all
-    top_p: float = 1.0  # keep the smallest set of values with this much probability
-    tokens_per_step: int = 0  # low_confidence / random: reveal this many per step (0: as the schedule expects)
-    threshold: float = 0.9  # threshold rule: reveal positions whose value has at least this probability
-    block_size: int = 0  # > 0: semi-autoregressive blocks of this many positions, left to right
-    cfg: float = 0.0  # classifier-free guidance weight w: logits = u + (w + 1)(c - u)
-    eos_id: int | None = None  # end-of-text token id, for min_length and truncate_after_eos
-    min_length: int = 0  # suppress eos_id before this position
-    truncate_after_eos: bool = False  # fill every position after the first eos with eos
-    cache: bool = True  # skip the network in steps that reveal nothing (False: call it every step); autoregressive: the KV cache
-    kv_cache: str = "none"  # block decoding on a KV cache: "prefix" keeps the earlier blocks' keys/values, "dual" also the later ones'
-    refresh: int = 0  # with kv_cache: a full pass over the sequence every this many steps of a block (0: only at its first step)
-    factor: float = 1.0  # factor rule: reveal the n most confident while (n + 1)(1 - p_n) < factor
-    max_tokens_per_step: int = 0  # threshold / factor: reveal at most this many per step (0: no cap)
-    eta: float = 0.0  # remdm: remasking strength (0: the ancestral sampler)
-    remask: str = "cap"  # remdm: the remasking schedule, cap, rescale or loop
-    t_on: float = 0.55  # remdm loop: alpha is held constant for grid times in [t_off, t_on]
-    t_off: float = 0.05  # remdm loop: the end of the window
-    alpha_on: float = 0.9  # remdm loop: the alpha held in the window (reached at t_on)
-
-    def __post_init__(self) -> None:
-        problems = check_rule_options(self)
-        if self.grid not in GRIDS:
-            problems.append(f"unknown time grid {self.grid!r}; choose one of {', '.join(GRIDS)}")
-        if not self.temperature >= 0:
-            problems.append(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.block_size < 0:
-            problems.append(f"block_size must be >= 0, got {self.block_size}")
-        if self.kv_cache not in CACHE_MODES:
-            problems.append(f"unknown kv_cache {self.kv_cache!r}; choose one of {', '.join(CACHE_MODES)}")
-        elif self.kv_cache != "none" and not self.block_size:
-            problems.append(f"kv_cache={self.kv_cache} caches the blocks outside the one being decoded: it needs block_size")
-        if self.refresh < 0:
-            problems.append(f"refresh must be >= 0, got {self.refresh}")
-        elif self.refresh and self.kv_cache == "none":
-            problems.append("refresh applies to kv_cache prefix or dual")
-        if not math.isfinite(self.cfg):
-            problems.append(f"cfg must be a finite number, got {self.cfg}")
-        if self.min_length < 0:
-            problems.append(f"min_length must be >= 0, got {self.min_length}")
-        if (self.min_length or self.truncate_after_eos) and self.eos_id is None:
-            problems.append("min_length and truncate_after_eos need eos_id")
-        if problems:
-            raise MaskdiffError("; ".join(problems))
-
-    def rule(self) -> Rule:
-        """The reveal rule named by ``method``, built with its options."""
-        return RULES.get(self.method).from_options(self)
 
 
 @dataclass
@@ -129,6 +70,10 @@ class Step:
     revealed: torch.Tensor | None = None  # [N, L] bool: positions revealed by this step
     remasked: torch.Tensor | None = None  # [N, L] bool: positions masked again by this step (remasking rules)
     stats: SamplerStats = field(default_factory=lambda: SamplerStats())  # counts so far
+    # [N, L] float64: each revealed token's log-probability under the prediction it was drawn from
+    # (after temperature, top-k and top-p; at temperature 0 the model's own) at the step that
+    # revealed it; nan where masked or given. None: the model does not record them.
+    logprobs: torch.Tensor | None = None
 
     @property
     def tokens_per_evaluation(self) -> float:
@@ -148,8 +93,10 @@ class SamplerStats:
 # ---------------------------------------------------------------- the loop
 def initial_state(num_samples: int, length: int, mask_id: int, given: torch.Tensor | None, device) -> torch.Tensor:
     """All masks, or ``given`` checked for shape and range.  -> [N, L]"""
-    if num_samples < 1 or length < 1:
-        raise MaskdiffError(f"need num_samples >= 1 and length >= 1, got {num_samples} and {length}")
+    if num_samples < 1:
+        raise OptionError("num_samples", f"{{num_samples}} must be >= 1, got {num_samples}")
+    if length < 1:
+        raise OptionError("length", f"{{length}} must be >= 1, got {length}")
     if given is None:
         return torch.full((num_samples, length), mask_id, dtype=torch.long, device=device)
     if tuple(given.shape) != (num_samples, length):
@@ -226,10 +173,7 @@ def iterate(
     Options are a :class:`SamplerOptions` or its fields as keywords.
     """
     if options is None:
-        try:
-            options = SamplerOptions(**option_values)
-        except TypeError as err:
-            raise MaskdiffError(f"unknown sampler option: {err}") from None
+        options = SamplerOptions(**option_values)
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     mask_id = model.mask_id
@@ -250,7 +194,9 @@ def iterate(
         cache = BlockCache(kv, options.kv_cache, options.refresh, num_samples, length, device)
     total = sum(block_steps for _, _, block_steps in plan)
     index, stats = 0, SamplerStats()
-    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool), stats=stats)
+    # each revealed token's log-probability under the prediction at the step that revealed it (nan: masked or given)
+    logprobs = torch.full(z.shape, math.nan, dtype=torch.float64, device=device)
+    yield Step(0, total, 1.0, z, 0, torch.zeros_like(z, dtype=torch.bool), stats=stats, logprobs=logprobs)
     for block, (start, end, block_steps) in enumerate(plan):
         scope = torch.zeros(length, dtype=torch.bool, device=device)
         scope[start:end] = True
@@ -265,11 +211,12 @@ def iterate(
             p_reveal, p_remask = rule.transition(alphas[i], alphas[i + 1], float(grid[i]), float(grid[i + 1]))
             last = i == block_steps - 1
             context = StepInput(z == mask_id, z, p_reveal, p_remask, scope, prompt, last, i)
-            z, revealed, remasked = reverse_step(z, float(times[i]), context, rule, options, denoise, streams, all_rows, mask_id, cache)
+            z, revealed, remasked, chance = reverse_step(z, float(times[i]), context, rule, options, denoise, streams, all_rows, mask_id, cache)
+            logprobs = torch.where(revealed, chance.log(), logprobs if remasked is None else logprobs.masked_fill(remasked, math.nan))
             if options.truncate_after_eos and options.eos_id is not None and last:
                 z = fill_after_eos(z, options.eos_id) if block == len(plan) - 1 else finish_rows(z, options.eos_id, mask_id)
             stats = SamplerStats(stats.reveals + int(revealed.sum()), denoise.evaluations, denoise.full_calls)
-            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed, remasked, stats)
+            yield Step(index, total, float(times[i + 1]), z, denoise.nfe, revealed, remasked, stats, logprobs)
 
 
 @dataclass
@@ -297,14 +244,15 @@ def reverse_step(
     all_rows: torch.Tensor,
     mask_id: int,
     cache: BlockCache | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One reverse step from time t: the rule picks the rows to run, the positions to reveal and
     those to mask again.
 
     z [N, L]; the step's reveal chance ``context.p_reveal`` is a 0-d tensor or one per token value
     [V]. On a block cache the rows run either the whole sequence or the block's window; the
     positions of a window row are decided on the block's columns only.
-    -> (new z, revealed positions [N, L] bool, remasked positions [N, L] bool or None)
+    -> (new z, revealed positions [N, L] bool, remasked positions [N, L] bool or None, the revealed
+    tokens' probabilities [N, L] float64 under the prediction they were drawn from)
     """
     n, length = z.shape
     masked = context.is_mask & context.scope
@@ -318,11 +266,12 @@ def reverse_step(
     step = StepContext(masked, u_reveal, context.p_reveal, context.last, z, remaskable, context.p_remask)
     remask = rule.remask(step)
     active = masked.any(-1) if context.last else rule.may_reveal(step)
-    rows = all_rows[active] if options.cache else all_rows
+    rows = all_rows if options.recompute else all_rows[active]
     passes: list[tuple[torch.Tensor, CachedPass | None]] = []
     if rows.numel():
         passes = list(cache.passes(rows, context.index)) if cache is not None else [(rows, None)]
     values, reveal = z, torch.zeros_like(masked)
+    chance = torch.ones(z.shape, dtype=torch.float64, device=z.device)
     for group, cached in passes:
         logits = denoise(z, group, t, cached)
         columns, offset = slice(None), 0
@@ -339,10 +288,11 @@ def reverse_step(
         reveal[:, columns] |= chosen
         values = values.clone() if values is z else values
         values[:, columns] = torch.where(chosen, prediction.values, values[:, columns])
+        chance[:, columns] = torch.where(chosen, prediction.confidence.to(chance.dtype), chance[:, columns])
     z = torch.where(reveal, values, z)
     if remask is not None:
         z = torch.where(remask, mask_id, z)
-    return z, reveal, remask
+    return z, reveal, remask, chance
 
 
 def restrict(step: StepContext, rows: torch.Tensor, columns: slice) -> StepContext:

@@ -10,30 +10,33 @@ Every step of the sampler (:func:`maskdiff.sampling.iterate`) asks its rule thre
 3. :meth:`Rule.reveal`: given that prediction, which masked positions take their drawn value.
 
 On the last step of a block the sampler reveals everything still masked itself, so a rule is
-asked only about the steps before it. A rule's own options are fields of
-:class:`~maskdiff.sampling.SamplerOptions` named in :attr:`Rule.option_names`; they are passed
-to its constructor and checked by :meth:`Rule.check`. A rule is a subclass registered in
-:data:`RULES` (``@RULES.register("name")``); ``SamplerOptions(method=...)``, ``model.sample(method=...)``
-and the CLI's ``--method`` choices read that table, so adding a rule touches no other file.
+asked only about the steps before it. A rule's own options are the fields of its options
+dataclass (:attr:`Rule.Options`), each declared once with its doc, default and range
+(:class:`~maskdiff.sampling.options.Option`): ``SamplerOptions``, the CLI's flags and the
+server's request fields are generated from them, and the rule is built from them
+(``Threshold(0.8)`` or ``Threshold(threshold=0.8)``; ``rule.options.threshold``). A rule is a
+subclass registered in :data:`RULES` (``@RULES.register("name")``); ``SamplerOptions(method=...)``,
+``model.sample(method=...)``, the CLI's ``--method`` choices and the server read that table, so
+adding a rule, or an option of a rule, touches no other file.
 
 Shapes: N rows (samples) of L positions over V token values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from maskdiff.errors import MaskdiffError
 from maskdiff.registry import Registry
 from maskdiff.sampling.distributions import categorical
+from maskdiff.sampling.options import Option, OptionError, OptionGroup, declared
 
-# the options a rule reads: a maskdiff.sampling.SamplerOptions, which itself asks RULES for the
-# method's name (so this module does not import it: the loop depends on the rules, not the reverse)
+# the flat options of a sampler: a maskdiff.sampling.SamplerOptions, which itself asks RULES for the
+# method's name (so this module does not import it: the settings depend on the rules, not the reverse)
 SamplerOptions = Any
 
 
@@ -75,25 +78,56 @@ class Prediction:
         return Prediction(*out)
 
 
+@dataclass
+class NoOptions(OptionGroup):
+    """The options of a rule that has none of its own."""
+
+
 class Rule:
     """A reveal rule: its skip test (:meth:`may_reveal`), its value draw (:meth:`draw`), its reveal
-    decision (:meth:`reveal`) and its options (:attr:`option_names`, :meth:`check`).
+    decision (:meth:`reveal`) and its options (:attr:`Options`, a dataclass of declared fields).
 
     The first line of a subclass's docstring is its one-line summary (the CLI lists it).
     """
 
-    option_names: ClassVar[tuple[str, ...]] = ()  # SamplerOptions fields this rule reads: its constructor's keywords
+    Options: ClassVar[type[OptionGroup]] = NoOptions  # this rule's options: fields declared with maskdiff.sampling.options.Option
     from_transition: ClassVar[bool] = False  # draw values from the reverse transition mu(v) p_reveal[v], not mu(v)
+
+    def __init__(self, *args: Any, **values: Any):
+        """The rule with its options (positional in the order of :attr:`Options`' fields, or by name)."""
+        self.options = self.Options(*args, **values)
+
+    def __getattr__(self, name: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and hasattr(options, name):  # rule.threshold reads rule.options.threshold
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The names of this rule's own options."""
+        return tuple(item.name for item in declared(cls.Options))
 
     @classmethod
     def check(cls, options: SamplerOptions) -> list[str]:
-        """What is wrong with this rule's own options in ``options`` (one message each; none by default)."""
+        """What is wrong with this rule's own options in the flat ``options`` (one message; none: [])."""
+        try:
+            cls.options_from(options)
+        except OptionError as err:
+            return [str(err)]
         return []
+
+    @classmethod
+    def options_from(cls, options: SamplerOptions) -> OptionGroup:
+        """This rule's options, read from flat ``options`` (a SamplerOptions or anything with the fields)."""
+        return cls.Options(**{name: getattr(options, name) for name in cls.option_names()})
 
     @classmethod
     def from_options(cls, options: SamplerOptions) -> Rule:
         """The rule with its options taken from ``options``."""
-        return cls(**{name: getattr(options, name) for name in cls.option_names})
+        rule = cls.__new__(cls)
+        rule.options = cls.options_from(options)
+        return rule
 
     @classmethod
     def summary(cls) -> str:
@@ -158,6 +192,50 @@ class Rule:
 RULES: Registry[type[Rule]] = Registry("sampling method")
 
 
+# ---------------------------------------------------------------- the rules' options, each declared once
+MAX_TOKENS_PER_STEP = Option(0, "reveal at most N positions per step (0: no cap)", minimum=0, metavar="N")
+
+
+@dataclass
+class RankedOptions(OptionGroup):
+    tokens_per_step: int = Option(0, "reveal this many positions per step (0: as many as the schedule expects)", minimum=0, metavar="N").field()
+
+
+@dataclass
+class ConfidenceOptions(OptionGroup):
+    max_tokens_per_step: int = MAX_TOKENS_PER_STEP.field()
+
+
+@dataclass
+class ThresholdOptions(OptionGroup):
+    threshold: float = Option(0.9, "reveal every position whose drawn value is at least this likely", above=0, maximum=1, metavar="P").field()
+    max_tokens_per_step: int = MAX_TOKENS_PER_STEP.field()
+
+
+@dataclass
+class FactorOptions(OptionGroup):
+    factor: float = Option(1.0, "reveal the n most confident positions while (n + 1)(1 - p_n) < F", above=0, metavar="F").field()
+    max_tokens_per_step: int = MAX_TOKENS_PER_STEP.field()
+
+
+REMASK_MODES = ("cap", "rescale", "loop")
+REMASK_SCHEDULES = REMASK_MODES  # the earlier name, kept for one release
+
+
+@dataclass
+class RemaskingOptions(OptionGroup):
+    eta: float = Option(0.0, "remasking strength (0: the ancestral sampler)", minimum=0, maximum=1).field()
+    remask: str = Option("cap", "how the remasking chance sigma is chosen", choices=REMASK_MODES).field()
+    t_on: float = Option(0.55, "loop mode: alpha is held constant for grid times in [{t_off}, {t_on}]", above=0, below=1).field()
+    t_off: float = Option(0.05, "loop mode: the end of that window", above=0, below=1).field()
+    alpha_on: float = Option(0.9, "loop mode: the alpha held in the window (reached at {t_on})", above=0, below=1).field()
+
+    def relations(self) -> list[OptionError]:
+        if not self.t_off < self.t_on:
+            return [OptionError("t_off", f"need 0 < {{t_off}} < {{t_on}} < 1, got {{t_off}}={self.t_off} and {{t_on}}={self.t_on}")]
+        return []
+
+
 # ---------------------------------------------------------------- helpers of the rules
 def reveal_counts(masked: torch.Tensor, p_reveal, tokens_per_step: int = 0) -> torch.Tensor:
     """How many positions each row reveals in a count-based rule: the number the schedule expects
@@ -177,24 +255,13 @@ def top_ranked(scores: torch.Tensor, eligible: torch.Tensor, counts: torch.Tenso
     return eligible & (ranks < counts[:, None])
 
 
-def check_rule_options(options: SamplerOptions) -> list[str]:
-    """Problems with the rule part of ``options``: an unknown method, the rule's own :meth:`Rule.check`,
-    and options that are off by default (0) but set for a rule that does not read them."""
-    try:
-        rule = RULES.get(options.method)
-    except MaskdiffError as err:
-        return [str(err)]
-    problems = rule.check(options)
-    defaults = {field.name: field.default for field in dataclasses.fields(options)}
+def option_readers() -> dict[str, list[str]]:
+    """Each rule option's name -> the registered rules that read it."""
     readers: dict[str, list[str]] = {}
-    for name, other in RULES.items():
-        for option in other.option_names:
+    for name, rule in RULES.items():
+        for option in rule.option_names():
             readers.setdefault(option, []).append(name)
-    for option, names in readers.items():
-        off = defaults.get(option)
-        if option not in rule.option_names and not off and getattr(options, option) != off:
-            problems.append(f"{option} applies to the {' and '.join(names)} rule{'s' if len(names) > 1 else ''}")
-    return problems
+    return readers
 
 
 # ---------------------------------------------------------------- the rules
@@ -245,16 +312,8 @@ class RankedRule(Rule):
     reveal chances), or ``tokens_per_step``. Subclasses give the ranking (:meth:`scores`).
     """
 
-    option_names = ("tokens_per_step",)
-
-    def __init__(self, tokens_per_step: int = 0):
-        self.tokens_per_step = tokens_per_step
-
-    @classmethod
-    def check(cls, options: SamplerOptions) -> list[str]:
-        if options.tokens_per_step < 0:
-            return [f"tokens_per_step must be >= 0, got {options.tokens_per_step}"]
-        return []
+    Options = RankedOptions
+    options: RankedOptions
 
     def scores(self, step: StepContext, prediction: Prediction) -> torch.Tensor:
         """[N, L]: higher is revealed first."""
@@ -263,11 +322,11 @@ class RankedRule(Rule):
     def may_reveal(self, step: StepContext) -> torch.Tensor:
         if step.per_value:  # the count depends on the predicted values
             return step.masked.any(-1)
-        return reveal_counts(step.masked, step.p_reveal.item(), self.tokens_per_step) > 0
+        return reveal_counts(step.masked, step.p_reveal.item(), self.options.tokens_per_step) > 0
 
     def reveal(self, step: StepContext, prediction: Prediction) -> torch.Tensor:
         chance = prediction.chance if step.per_value else step.p_reveal.item()
-        counts = reveal_counts(step.masked, chance, self.tokens_per_step)
+        counts = reveal_counts(step.masked, chance, self.options.tokens_per_step)
         return top_ranked(self.scores(step, prediction), step.masked, counts)
 
 
@@ -299,16 +358,8 @@ class ConfidenceRule(Rule):
     """Parallel decoding by confidence: a rule reveals the positions its test admits, at least the
     most confident one per row, and at most ``max_tokens_per_step`` (0: no cap)."""
 
-    option_names: ClassVar[tuple[str, ...]] = ("max_tokens_per_step",)
-
-    def __init__(self, max_tokens_per_step: int = 0):
-        self.max_tokens_per_step = max_tokens_per_step
-
-    @classmethod
-    def check(cls, options: SamplerOptions) -> list[str]:
-        if options.max_tokens_per_step < 0:
-            return [f"max_tokens_per_step must be >= 0, got {options.max_tokens_per_step}"]
-        return []
+    Options: ClassVar[type[OptionGroup]] = ConfidenceOptions
+    options: ConfidenceOptions | ThresholdOptions | FactorOptions
 
     def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
         """[N]: how many of the most confident masked positions each row reveals, before the cap and the floor of one."""
@@ -316,8 +367,8 @@ class ConfidenceRule(Rule):
 
     def reveal(self, step: StepContext, prediction: Prediction) -> torch.Tensor:
         counts = self.counts(step, prediction.confidence).clamp_min(step.masked.any(-1).long())
-        if self.max_tokens_per_step:
-            counts = counts.clamp_max(self.max_tokens_per_step)
+        if self.options.max_tokens_per_step:
+            counts = counts.clamp_max(self.options.max_tokens_per_step)
         return top_ranked(prediction.confidence, step.masked, counts)
 
 
@@ -330,21 +381,11 @@ class Threshold(ConfidenceRule):
     at most ``max_tokens_per_step`` (the most confident ones) when that is set.
     """
 
-    option_names = ("threshold", "max_tokens_per_step")
-
-    def __init__(self, threshold: float, max_tokens_per_step: int = 0):
-        super().__init__(max_tokens_per_step)
-        self.threshold = threshold
-
-    @classmethod
-    def check(cls, options: SamplerOptions) -> list[str]:
-        problems = super().check(options)
-        if not 0 < options.threshold <= 1:
-            problems.append(f"threshold must be in (0, 1], got {options.threshold}")
-        return problems
+    Options = ThresholdOptions
+    options: ThresholdOptions
 
     def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
-        return (step.masked & (confidence >= self.threshold)).sum(-1)
+        return (step.masked & (confidence >= self.options.threshold)).sum(-1)
 
 
 @RULES.register("factor")
@@ -356,27 +397,14 @@ class Factor(ConfidenceRule):
     (the left side grows with k), and at least one; at most ``max_tokens_per_step``.
     """
 
-    option_names = ("factor", "max_tokens_per_step")
-
-    def __init__(self, factor: float, max_tokens_per_step: int = 0):
-        super().__init__(max_tokens_per_step)
-        self.factor = factor
-
-    @classmethod
-    def check(cls, options: SamplerOptions) -> list[str]:
-        problems = super().check(options)
-        if not options.factor > 0:
-            problems.append(f"factor must be > 0, got {options.factor}")
-        return problems
+    Options = FactorOptions
+    options: FactorOptions
 
     def counts(self, step: StepContext, confidence: torch.Tensor) -> torch.Tensor:
         ranked = torch.where(step.masked, confidence, -math.inf).sort(dim=-1, descending=True).values  # p_1 >= p_2 >= ...
         n = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device, dtype=ranked.dtype)
-        admitted = ((n + 1) * (1 - ranked) < self.factor) & (ranked > -math.inf)
+        admitted = ((n + 1) * (1 - ranked) < self.options.factor) & (ranked > -math.inf)
         return admitted.long().cumprod(-1).sum(-1)  # the leading run: stop at the first n that fails
-
-
-REMASK_SCHEDULES = ("cap", "rescale", "loop")
 
 
 @RULES.register("remdm")
@@ -386,7 +414,7 @@ class Remasking(Ancestral):
     From t to s a revealed position (not a given one) of the current block is masked again with
     probability sigma, and a masked one is revealed with (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t),
     which keeps the marginals of the forward process; sigma <= (1 - alpha_s) / alpha_t keeps that a
-    probability. ``remask`` picks sigma: ``cap``, min(eta, (1 - alpha_s)/alpha_t); ``rescale``,
+    probability. ``remask`` (the mode) picks sigma: ``cap``, min(eta, (1 - alpha_s)/alpha_t); ``rescale``,
     eta * min(1, (1 - alpha_s)/alpha_t); ``loop``, three phases of the time grid: plain ancestral
     steps from t = 1 to ``t_on`` that reach alpha = ``alpha_on``, then alpha held there for grid
     times in [t_off, t_on] with the cap's sigma (as many reveals as remasks, in expectation),
@@ -397,41 +425,37 @@ class Remasking(Ancestral):
     unused. State-dependent schedules (GenMD4) get sigma per token value.
     """
 
-    option_names = ("eta", "remask", "t_on", "t_off", "alpha_on")
+    Options = RemaskingOptions
+    options: RemaskingOptions
 
-    def __init__(self, eta: float, remask: str = "cap", t_on: float = 0.55, t_off: float = 0.05, alpha_on: float = 0.9):
-        self.eta, self.schedule, self.t_on, self.t_off, self.alpha_on = eta, remask, t_on, t_off, alpha_on
+    @property
+    def mode(self) -> str:
+        """How sigma is chosen: cap, rescale or loop (the ``remask`` option)."""
+        return self.options.remask
 
-    @classmethod
-    def check(cls, options: SamplerOptions) -> list[str]:
-        problems = []
-        if not 0 <= options.eta <= 1:
-            problems.append(f"eta must be in [0, 1], got {options.eta}")
-        if options.remask not in REMASK_SCHEDULES:
-            problems.append(f"unknown remask schedule {options.remask!r}; choose one of {', '.join(REMASK_SCHEDULES)}")
-        if not 0 < options.t_off < options.t_on < 1:
-            problems.append(f"need 0 < t_off < t_on < 1, got t_off={options.t_off} and t_on={options.t_on}")
-        if not 0 < options.alpha_on < 1:
-            problems.append(f"alpha_on must be in (0, 1), got {options.alpha_on}")
-        return problems
+    @property
+    def schedule(self) -> str:
+        """The earlier name of :attr:`mode`, kept for one release (``schedule`` elsewhere is alpha(t))."""
+        warnings.warn("Remasking.schedule is now Remasking.mode", DeprecationWarning, stacklevel=2)
+        return self.mode
 
     def in_loop(self, t: float) -> bool:
         """Whether the step from grid time t lies in the loop's window, where alpha is held."""
-        return self.schedule == "loop" and self.eta > 0 and self.t_off < t <= self.t_on
+        return self.mode == "loop" and self.options.eta > 0 and self.options.t_off < t <= self.options.t_on
 
     def warp(self, times: torch.Tensor, schedule: Any, device=None) -> torch.Tensor:
-        if self.schedule != "loop" or self.eta == 0:
+        if self.mode != "loop" or self.options.eta == 0:
             return times
-        held = hold_time(schedule, self.alpha_on, device)
-        before = held + (times - self.t_on) * (1 - held) / (1 - self.t_on)  # [t_on, 1] -> [held, 1]
-        after = times * (held / self.t_off)  # [0, t_off] -> [0, held]
-        return torch.where(times > self.t_on, before, torch.where(times < self.t_off, after, torch.full_like(times, held)))
+        held = hold_time(schedule, self.options.alpha_on, device)
+        before = held + (times - self.options.t_on) * (1 - held) / (1 - self.options.t_on)  # [t_on, 1] -> [held, 1]
+        after = times * (held / self.options.t_off)  # [0, t_off] -> [0, held]
+        return torch.where(times > self.options.t_on, before, torch.where(times < self.options.t_off, after, torch.full_like(times, held)))
 
     def transition(self, alpha_t: torch.Tensor, alpha_s: torch.Tensor, t: float, s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.eta == 0 or (self.schedule == "loop" and not self.in_loop(t)):
+        if self.options.eta == 0 or (self.mode == "loop" and not self.in_loop(t)):
             return super().transition(alpha_t, alpha_s, t, s)
         bound = ((1 - alpha_s) / alpha_t).clamp(0, 1)  # the largest sigma that keeps the reveal chance <= 1
-        sigma = bound * self.eta if self.schedule == "rescale" else bound.clamp_max(self.eta)
+        sigma = bound * self.options.eta if self.mode == "rescale" else bound.clamp_max(self.options.eta)
         return (alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t), sigma
 
     def remask(self, step: StepContext) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """The HTTP layer: routes, the bearer token, body limits, server-sent events, and `maskdiff serve`.
 
     GET  /                      the page that shows the model unmasking (maskdiff/serve/static/index.html)
-    GET  /api/info              the model, its objective, vocabulary, rules and the server's limits and queue
+    GET  /api/info              the model, its objective, vocabulary, rules, every sampler option, the server's limits and queue
     POST /api/sample            samples (text or images) as JSON
     POST /api/sample/stream     the same as server-sent events: every intermediate state, then the result
     POST /api/likelihood        the bound (exact NLL for autoregressive runs) of a text, with its error bar
@@ -49,6 +49,7 @@ from maskdiff.serve.requests import (
     SampleRequest,
     Strict,
     check_limit,
+    options_info,
     parse_body,
 )
 from maskdiff.serve.unmasking import done_event, sample_job, state_event
@@ -194,6 +195,8 @@ def create_app(run: Run, limits: Limits | None = None, token: str | None = None,
             "tokenizer": getattr(run.tokenizer, "kind", type(run.tokenizer).__name__),
             "seq_len": served.sequence_length(),
             "rules": RULES.names(),
+            "rule_summaries": {name: rule.summary() for name, rule in RULES.items()},
+            "options": options_info(),
             "grids": list(GRIDS),
             "defaults": {"steps": DEFAULT_STEPS, "method": "ancestral"},
             "limits": {**vars(limits), "max_length": served.max_length},

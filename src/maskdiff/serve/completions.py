@@ -11,15 +11,24 @@ Streaming sends OpenAI chunks: a masked diffusion model settles positions in any
 choice's text is sent as its left-to-right prefix of settled positions grows (the text a client
 concatenates equals the final completion), then a chunk with the finish reason, an optional usage
 chunk (``stream_options.include_usage``) and ``data: [DONE]``.
+
+``logprobs`` (not streamed): each choice's tokens with their log-probabilities in the OpenAI
+shape (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). An autoregressive run's
+are exact, log p(token | the tokens before it), with ``logprobs`` alternatives each; a masked
+diffusion run has no left-to-right chain, so its figure for a token is the log-probability of
+the value it drew under the prediction at the step that revealed it (after temperature, top-k
+and top-p), and it keeps no alternatives (``logprobs`` > 0 is refused).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 
 import torch
 
+from maskdiff.generation.frontend import TokenLogprobs
 from maskdiff.generation.text import INFILL_SLOT, TextPlan, decode
 from maskdiff.serve.engine import Done, Job, Sink, State
 from maskdiff.serve.jobs import Served, check_sampling, encode_checked, sampling_job, text_plan
@@ -42,8 +51,17 @@ def completion_jobs(served: Served, req: CompletionRequest, sink: Sink) -> list[
     """One job per prompt, checked; a 400 :class:`RequestError` names the field at fault."""
     if not served.run.config.data.data_format.is_text:
         raise RequestError("this run models images: completions are for text runs; use /api/sample or /api/sample/stream", param="prompt")
-    if req.logprobs:
-        raise RequestError("logprobs: not available (a masked diffusion model has no per-token log-probabilities of its draws)", param="logprobs")
+    if req.logprobs is not None:
+        if req.stream:
+            raise RequestError(
+                "logprobs: not available while streaming (a diffusion model settles tokens out of order); ask without stream", param="logprobs"
+            )
+        if req.logprobs and not served.run.model.left_to_right:
+            raise RequestError(
+                "logprobs: a masked diffusion model records the log-probability of each token it reveals, "
+                "not of the alternatives; ask for logprobs 0",
+                param="logprobs",
+            )
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts:
         raise RequestError("prompt: give a prompt (a string) or a non-empty list of them", param="prompt")
@@ -51,21 +69,21 @@ def completion_jobs(served: Served, req: CompletionRequest, sink: Sink) -> list[
     jobs = []
     for index, prompt in enumerate(prompts):
         part = plan_part(served, req, prompt, index * req.n)
-        jobs.append(
-            sampling_job(
-                served,
-                sink,
-                req.n,
-                part.plan.length,
-                req.steps,
-                part.plan.options,
-                seed,
-                part.first_choice,
-                part.plan.given,
-                watch=req.stream,
-                tag=part,
-            )
+        job = sampling_job(
+            served,
+            sink,
+            req.n,
+            part.plan.length,
+            req.steps,
+            part.plan.options,
+            seed,
+            part.first_choice,
+            part.plan.given,
+            watch=req.stream,
+            tag=part,
         )
+        job.logprobs = req.logprobs
+        jobs.append(job)
     return jobs
 
 
@@ -142,6 +160,33 @@ def settled_text(served: Served, part: Part, ids: list[int], stops: list[str]) -
     return text, stopped
 
 
+def logprobs_body(served: Served, part: Part, ids: list[int], scores: TokenLogprobs, row: int, text: str) -> dict:
+    """The OpenAI ``logprobs`` object of one choice: its tokens, their log-probabilities, the
+    ``top_logprobs`` alternatives (autoregressive runs) and each token's character offset in
+    prompt + completion. The tokens are the completion's (not the echoed prompt's), up to where
+    its text ends. An autoregressive run's figures are exact; a diffusion run's are each token's
+    log-probability under the prediction at the step that revealed it
+    (:func:`maskdiff.generation.frontend.token_logprobs`)."""
+    tokenizer = served.run.tokenizer
+    body: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    consumed = 0
+    for position in range(part.start, part.end):
+        if consumed >= len(text):
+            break
+        piece = tokenizer.decode([ids[position]])
+        value = float(scores.chosen[row, position])
+        body["tokens"].append(piece)
+        body["token_logprobs"].append(None if math.isnan(value) else value)
+        body["text_offset"].append(len(part.prompt) + consumed)
+        if scores.top_ids is not None and scores.top_values is not None:
+            pairs = zip(scores.top_ids[row, position].tolist(), scores.top_values[row, position].tolist())
+            body["top_logprobs"].append({tokenizer.decode([i]): v for i, v in pairs})
+        else:
+            body["top_logprobs"].append(None)
+        consumed += len(piece)
+    return body
+
+
 def usage(parts: list[Part], n: int) -> dict:
     prompt = sum(p.prompt_tokens for p in parts) * n
     completion = sum(p.plan.length - p.plan.padded - p.prompt_tokens for p in parts) * n
@@ -162,17 +207,19 @@ class Completion:
     def envelope(self, choices: list[dict]) -> dict:
         return {"id": self.id, "object": "text_completion", "created": self.served.created, "model": self.served.name, "choices": choices}
 
-    def choice(self, index: int, text: str, finish: str | None) -> dict:
-        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+    def choice(self, index: int, text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
 
     def response(self, results: dict[int, Done]) -> dict:
         """The whole response once every job is done (``results`` by job index)."""
         choices = []
         for j, job in enumerate(self.jobs):
             part: Part = job.tag
+            scores = results[j].logprobs
             for r, ids in enumerate(_rows(results[j].z)):
                 text, finish = final_choice(self.served, part, ids, self.stops)
-                choices.append(self.choice(part.first_choice + r, (part.prompt if self.req.echo else "") + text, finish))
+                logprobs = None if scores is None else logprobs_body(self.served, part, ids, scores, r, text)
+                choices.append(self.choice(part.first_choice + r, (part.prompt if self.req.echo else "") + text, finish, logprobs))
         return {**self.envelope(choices), "usage": usage([job.tag for job in self.jobs], self.req.n)}
 
     def chunks(self, event: State | Done) -> list[dict]:

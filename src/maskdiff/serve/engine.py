@@ -1,9 +1,10 @@
 """The batching worker: a bounded queue of jobs and one thread that runs the network.
 
-Requests become :class:`Job` s. A sampling job carries its rows' conditioning (``given``,
-``labels``) and their random-stream seeds (:func:`maskdiff.sampling.stream_seeds`), so the worker
-can sample the rows of several compatible jobs (equal :attr:`Job.key`: the same length, steps
-and sampler options) as one batch through :func:`maskdiff.generation.run_sampler` and every row
+Requests become :class:`Job` s. A sampling job carries a :class:`~maskdiff.sampling.SamplingRequest`:
+its rows' conditioning (``given``, ``labels``), their random-stream seeds
+(:func:`maskdiff.sampling.stream_seeds`) and the options, so the worker can sample the rows of
+several compatible jobs (equal :attr:`Job.key`: the same length, steps and sampler options) as
+one batch through :func:`maskdiff.generation.run_sampler` and every row
 still draws exactly the numbers it would draw alone. Other work (scoring a text) runs alone.
 
 The worker runs in its own thread, so the event loop serving HTTP stays responsive; it hands
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 
 from maskdiff.errors import MaskdiffError
-from maskdiff.generation.frontend import run_sampler
+from maskdiff.generation.frontend import TokenLogprobs, run_sampler, token_logprobs
 from maskdiff.objectives import Objective
-from maskdiff.sampling import SamplerOptions, Step
+from maskdiff.sampling import SamplingRequest, Step, combine
 from maskdiff.serve.limits import Limits
 from maskdiff.serve.requests import RequestError
 
@@ -66,6 +67,7 @@ class Done:
     nfe: int
     seconds: float
     value: Any = None
+    logprobs: TokenLogprobs | None = None  # of the final rows, when the job asked for them
 
 
 @dataclass
@@ -76,17 +78,12 @@ class Failed:
 
 @dataclass(eq=False)  # a job is itself: compared by identity (its fields hold tensors)
 class Job:
-    """One unit of work for the worker: rows to sample (``length``, ``steps``, ``options``) or ``work`` to call."""
+    """One unit of work for the worker: rows to sample (``request``, with its own stream seeds) or ``work`` to call."""
 
     sink: Sink
-    rows: int = 0
-    length: int = 0
-    steps: int = 0
-    options: SamplerOptions | None = None
-    given: torch.Tensor | None = None  # [rows, length]
-    labels: torch.Tensor | None = None  # [rows]
-    seeds: torch.Tensor | None = None  # [rows] stream seeds
+    request: SamplingRequest | None = None
     watch: bool = False  # send every intermediate state
+    logprobs: int | None = None  # also the tokens' log-probabilities, with this many alternatives each
     work: Callable[[], Any] | None = None  # instead of sampling: called alone in the worker thread
     tag: Any = None  # the request's own bookkeeping
     cancelled: bool = False
@@ -94,9 +91,13 @@ class Job:
     @property
     def key(self) -> Hashable | None:
         """Jobs with equal keys can share a batch; None runs alone."""
-        if self.work is not None:
+        if self.request is None:
             return None
-        return (self.length, self.steps, repr(self.options), self.given is None, self.labels is None)
+        return self.request.key()
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.request is None else self.request.rows
 
 
 @dataclass
@@ -218,15 +219,11 @@ class Engine:
         job.sink.put(Done(job, None, 0, time.perf_counter() - start, value))
 
     def _sample(self, batch: list[Job]) -> None:
-        first = batch[0]
-        assert first.options is not None
         spans, row = [], 0
         for job in batch:
             spans.append((row, row + job.rows))
             row += job.rows
-        given = None if first.given is None else torch.cat([job.given for job in batch if job.given is not None])
-        labels = None if first.labels is None else torch.cat([job.labels for job in batch if job.labels is not None])
-        seeds = torch.cat([job.seeds for job in batch if job.seeds is not None])
+        request = combine([job.request for job in batch if job.request is not None])
         start = time.perf_counter()
 
         def on_step(step: Step) -> None:
@@ -237,20 +234,10 @@ class Engine:
                 if job.watch and not job.cancelled:
                     job.sink.put(State(job, step.index, step.total, step.nfe, elapsed, step.z[a:b].cpu().clone()))
 
+        asked = [job.logprobs for job in batch if job.logprobs is not None]
         try:
-            result = run_sampler(
-                self.model,
-                row,
-                first.length,
-                first.steps,
-                first.options,
-                given=given,
-                labels=labels,
-                seeds=seeds,
-                device=self.device,
-                dtype=self.dtype,
-                on_step=on_step,
-            )
+            result = run_sampler(self.model, request, device=self.device, dtype=self.dtype, on_step=on_step)
+            scores = token_logprobs(self.model, result.final, max(asked)) if asked else None
         except Stopped:
             self.stats.stopped_batches += 1
             return
@@ -264,4 +251,13 @@ class Engine:
         self.stats.rows += row
         self.stats.largest_batch = max(self.stats.largest_batch, row)
         for job, (a, b) in zip(batch, spans):
-            job.sink.put(Done(job, result.final.z[a:b].cpu(), result.final.nfe, result.seconds))
+            mine = None
+            if scores is not None and job.logprobs is not None:
+                top = job.logprobs
+                ids, values = scores.top_ids, scores.top_values
+                mine = TokenLogprobs(
+                    scores.chosen[a:b].cpu(),
+                    None if ids is None else ids[a:b, :, :top].cpu(),
+                    None if values is None else values[a:b, :, :top].cpu(),
+                )
+            job.sink.put(Done(job, result.final.z[a:b].cpu(), result.final.nfe, result.seconds, logprobs=mine))

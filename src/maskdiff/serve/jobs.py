@@ -16,13 +16,14 @@ import torch
 from maskdiff.errors import MaskdiffError
 from maskdiff.generation.text import TextPlan, plan_text
 from maskdiff.runs import Run
-from maskdiff.sampling import SamplerOptions, stream_seeds
+from maskdiff.sampling import OptionError, SamplerOptions, SamplingRequest, stream_seeds
 from maskdiff.serve.engine import Engine, Job, Sink
 from maskdiff.serve.limits import Limits
-from maskdiff.serve.requests import MAX_SEED, RequestError, SamplerFields, check_limit
+from maskdiff.serve.requests import MAX_SEED, OPTION_NAMES, RequestError, SamplerFields, check_limit
 
-# request fields an error message may start by naming (the sampler's and the objectives' checks)
-FIELDS = ("method", "block_size", "cfg", "tokens_per_step", "threshold", "temperature", "top_p", "top_k", "grid", "infill", "prompt", "label")
+# request fields an error message may start by naming: every sampler option, and the text and image fields
+FIELDS = (*OPTION_NAMES, "infill", "prompt", "label")
+BODY_NAMES = {"num_samples": "n", "eos_id": "eos"}  # the library's names of request fields whose body names differ
 
 
 @dataclass
@@ -54,9 +55,13 @@ def fresh_seed() -> int:
 
 
 def as_request_error(err: MaskdiffError, param: str | None = None) -> RequestError:
-    """A library error about a request as a 400, naming the field its message starts with when ``param`` is not given."""
+    """A library error about a request as a 400 naming its field: the option an
+    :class:`~maskdiff.sampling.OptionError` names, else ``param``, else the field its message starts with."""
+    if isinstance(err, OptionError):
+        field = BODY_NAMES.get(err.field, err.field)
+        return RequestError(err.render(lambda name: BODY_NAMES.get(name, name)), param=param or field)
     message = str(err)
-    if param is None:
+    if param is None:  # the objectives' own refusals (an autoregressive run and a reveal rule) name the option first
         param = next((name for name in FIELDS if message.startswith(name) or f" {name} " in message[:40]), None)
     return RequestError(message, param=param)
 
@@ -79,9 +84,11 @@ def check_sampling(served: Served, req: SamplerFields, sequences: int) -> int:
 def text_plan(served: Served, req: SamplerFields, length: int | None, prompt: str | None, infill: str | None, param: str) -> TextPlan:
     """:func:`maskdiff.generation.text.plan_text` with its errors as 400s (``param`` names the text field)."""
     try:
-        plan = plan_text(served.run.loaded, length, prompt, infill, None, **req.sampler_options())
-    except MaskdiffError as err:
-        raise as_request_error(err, param if ("token" in str(err) or "template" in str(err) or "prompt" in str(err)) else None) from None
+        plan = plan_text(served.run.loaded, length, prompt, infill, req.eos, **req.sampler_options())
+    except OptionError as err:
+        raise as_request_error(err) from None
+    except MaskdiffError as err:  # the text itself: a prompt too long, a template without a slot
+        raise as_request_error(err, param) from None
     check_limit(plan.length, served.max_length, param if infill is not None else "max_tokens", "tokens per sequence")
     return plan
 
@@ -105,9 +112,9 @@ def sampling_job(
     seeds = stream_seeds(torch.Generator().manual_seed(seed), rows, first)
     given = given_row.expand(rows, -1).clone() if given_row is not None else None
     try:
-        states = served.run.model.iterate(rows, length, steps, given=given, labels=labels, seeds=seeds, device=served.run.device, options=options)
+        request = SamplingRequest(rows, length, steps, options, given=given, labels=labels, seeds=seeds)
+        states = request.states(served.run.model, served.run.device)
         next(states)
-        states.close()
     except MaskdiffError as err:
         raise as_request_error(err) from None
-    return Job(sink, rows, length, steps, options, given, labels, seeds, watch, tag=tag)
+    return Job(sink, request, watch, tag=tag)

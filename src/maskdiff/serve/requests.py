@@ -1,14 +1,21 @@
 """What the server accepts: the request bodies, the limits on them, and errors that name the field.
 
-Bodies are parsed strictly (pydantic, ``extra="forbid"``, no type coercion): an unknown field, a
-string where a number belongs or a value out of range is refused with a 400 JSON error in the
+The sampler's fields are generated from the option declarations (:func:`maskdiff.sampling.every_option`):
+every option of every rule is a field by its name (the CLI's flag with underscores), with its
+doc, default and range. Bodies are parsed strictly (pydantic, ``extra="forbid"``, no type
+coercion): an unknown field, a string where a number belongs or a value out of range is refused with a 400 JSON error in the
 OpenAI shape ``{"error": {"message", "type", "param", "code"}}`` whose ``param`` names the
 field. A body over the size limit gets 413, malformed JSON 400 (``code: invalid_json``).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from maskdiff.sampling import STEPS, every_option
+from maskdiff.sampling.options import Declared, spelled
 
 DEFAULT_STEPS = 64  # reverse-process steps when a request names none
 MAX_SEED = 2**63 - 1
@@ -30,27 +37,55 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SamplerFields(Strict):
-    """The masked-diffusion options of a generation request (extra fields of an OpenAI completion)."""
+def option_field(item: Declared, default: Any = None) -> tuple[Any, Any]:
+    """A request field for a declared sampler option: its type, default, doc and range."""
+    option = item.option
+    bounds: dict[str, Any] = {"ge": option.minimum, "le": option.maximum, "gt": option.above, "lt": option.below}
+    bounds = {k: v for k, v in bounds.items() if v is not None}
+    return item.kind, Field(option.default if default is None else default, description=spelled(option.doc), **bounds)
 
-    steps: int = Field(DEFAULT_STEPS, ge=1, description="reverse-process steps (autoregressive runs: ignored)")
-    method: str = Field("ancestral", description="the reveal rule, one of /api/info's rules")
-    grid: str = Field("cosine", description="time grid: cosine or uniform")
-    temperature: float = Field(1.0, ge=0, description="softmax temperature; 0 takes the most likely token")
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    tokens_per_step: int = Field(0, ge=0)
-    threshold: float = Field(0.9, gt=0, le=1)
-    block_size: int = Field(0, ge=0, description="semi-autoregressive blocks of this many tokens (0: off)")
-    cfg: float = Field(0.0, description="classifier-free guidance weight towards the prompt (or label)")
+
+class RequestFields(Strict):
+    """What every generation request takes besides the sampler options."""
+
+    steps: int = option_field(Declared("steps", int, STEPS), DEFAULT_STEPS)[1]
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random seed; omitted: a fresh one")
     n: int = Field(1, ge=1, description="sequences per prompt")
     infill: str | None = Field(None, description="a template with [[N]] where N tokens are generated")
+    eos: str | None = Field(None, description="an end-of-text token (one token of text): texts end there (default: a fine-tuned run's own)")
 
     def sampler_options(self) -> dict:
-        """The fields of :class:`maskdiff.sampling.SamplerOptions` this request sets."""
-        names = ("method", "grid", "temperature", "top_p", "top_k", "tokens_per_step", "threshold", "block_size", "cfg")
-        return {name: getattr(self, name) for name in names}
+        """The sampler options this request sets (those it leaves out keep their defaults)."""
+        return {name: getattr(self, name) for name in OPTION_NAMES if name in self.model_fields_set}
+
+
+OPTION_NAMES = tuple(item.name for item, _ in every_option())
+if TYPE_CHECKING:  # the fields are generated; to a type checker they are the base's
+    SamplerFields = RequestFields
+else:
+    SamplerFields = create_model(
+        "SamplerFields",
+        __base__=RequestFields,
+        __doc__="The masked-diffusion options of a generation request (extra fields of an OpenAI completion), one per sampler option.",
+        **{item.name: option_field(item) for item, _ in every_option()},
+    )
+
+
+def options_info() -> dict:
+    """Every sampler option as ``GET /api/info`` lists it: type, default, doc, choices, range and the rules that read it."""
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    out = {}
+    for item, rules in every_option():
+        option = item.option
+        out[item.name] = {
+            "type": kinds[item.kind],
+            "default": option.default,
+            "doc": spelled(option.doc),
+            "choices": list(option.allowed() or []) or None,
+            "range": option.range_text(),
+            "rules": list(rules) or None,
+        }
+    return out
 
 
 class StreamOptions(Strict):
@@ -68,7 +103,7 @@ class CompletionRequest(SamplerFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5, description="log-probabilities of the generated tokens, with this many most likely alternatives")
     user: str | None = None
 
 

@@ -23,14 +23,14 @@ def sample_job(served: Served, req: SampleRequest, sink: Sink, watch: bool) -> J
     """The one job of a sample request, checked; a 400 :class:`RequestError` names the field at fault."""
     seed = check_sampling(served, req, req.n)
     if served.run.config.data.data_format.is_image:
-        for name in ("prompt", "infill", "length"):
+        for name in ("prompt", "infill", "length", "eos"):
             if getattr(req, name) is not None:
-                raise RequestError(f"{name}: this run models images (prompts, templates and lengths are for text runs)", param=name)
+                raise RequestError(f"{name}: this run models images (prompts, templates, lengths and ends of text are for text runs)", param=name)
         try:
             options = SamplerOptions(**req.sampler_options())
             labels = image_labels(served.run.loaded, req.n, req.label, options)
         except MaskdiffError as err:
-            raise as_request_error(err, "label" if "label" in str(err) or "class" in str(err) else None) from None
+            raise as_request_error(err) from None
         info = {"seed": seed, "kind": "image"}
         return sampling_job(served, sink, req.n, served.sequence_length(), req.steps, options, seed, labels=labels, watch=watch, tag=info)
     if req.label is not None:
@@ -48,7 +48,8 @@ def sample_job(served: Served, req: SampleRequest, sink: Sink, watch: bool) -> J
 
 def generated(job: Job, z: torch.Tensor, mask_id: int) -> int:
     """Positions of ``z`` settled by the sampler so far (given ones not counted)."""
-    given = 0 if job.given is None else int((job.given != mask_id).sum())
+    request = job.request
+    given = 0 if request is None or request.given is None else int((request.given != mask_id).sum())
     return int((z != mask_id).sum()) - given
 
 
