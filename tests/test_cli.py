@@ -386,3 +386,13 @@ def test_eval_modes_declare_the_flags_their_handlers_read():
     # the flags a mode needs given: typed without None in its inputs, without a default on the command line
     needed = {mode.name: [name for name in mode.required() if parser.get_default(name) is None] for mode in (LIKELIHOOD, SAMPLES, REVERSE_CURSE)}
     assert needed == {"--checkpoint": ["checkpoint"], "--samples": ["samples"], "--task reverse-curse": ["checkpoint", "data"]}
+
+
+def test_presets_show_lists_every_sampler_option_with_its_default(capsys):
+    from maskdiff.sampling.flags import flag_of
+    from maskdiff.sampling.settings import every_option
+
+    assert main(["presets", "--show", "tiny"]) == 0
+    out = capsys.readouterr().out
+    for item, _ in every_option():
+        assert f"\n{flag_of(item.name)} = {item.option.default!r}  # " in out

@@ -27,7 +27,19 @@ def cmd_presets(args: PresetsArgs) -> int:
     for name, section in get_preset(args.show).sections().items():
         for key, doc in section.docs().items():
             print(f"{name}.{key} = {getattr(section, key)!r}  # {doc}")
+    show_sampler_options()
     return 0
+
+
+def show_sampler_options() -> None:
+    """The sampler's options with their defaults, from the declarations the sample flags and HTTP fields come from."""
+    from maskdiff.sampling.flags import flag_of, help_text
+    from maskdiff.sampling.settings import every_option
+
+    print("# sampling: `maskdiff sample` flags, HTTP fields by the same names with underscores")
+    for item, rules in every_option():
+        doc = help_text(item, rules).replace("%%", "%").removesuffix(f" (default {item.option.default})")
+        print(f"{flag_of(item.name)} = {item.option.default!r}  # {doc}")
 
 
 def add_presets_parser(sub: Commands) -> None:
@@ -36,5 +48,5 @@ def add_presets_parser(sub: Commands) -> None:
 
 def fill_presets_parser(p: Parser) -> None:
     p.description = "List the presets, or show every value of one."
-    p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning")
+    p.add_argument("--show", metavar="NAME", help="print every config key of preset NAME with its value and meaning, then the sampler's options")
     set_handler(p, PresetsArgs, cmd_presets)
