@@ -96,28 +96,38 @@ def md4(name: str, n_layers: int, d_model: int, n_heads: int, doc: str) -> Calla
     return preset
 
 
-# SMDM's Llama-shaped family: (layers, width, heads) by non-embedding size 16 * layers * width^2
+# SMDM's Diff_LLaMA_* configurations: (layers, width) -> heads (all multi-head, one query per key/value
+# head); `maskdiff import smdm` reads the head count of a released checkpoint from here too
+SMDM_HEADS = {
+    (6, 256): 4, (8, 384): 6, (8, 512): 8, (9, 576): 9, (10, 640): 10, (13, 640): 10, (16, 640): 8,
+    (12, 768): 12, (15, 768): 12, (18, 768): 12, (14, 896): 14, (16, 896): 14, (18, 896): 14,
+    (16, 1024): 16, (18, 1024): 16, (20, 1024): 16, (18, 1280): 10, (21, 1280): 10, (24, 1280): 10,
+    (18, 1408): 11, (21, 1408): 11, (24, 1408): 11, (19, 1536): 12, (22, 1536): 12, (25, 1536): 12,
+    (20, 1792): 14, (24, 1792): 14, (22, 2048): 16, (25, 2048): 16, (28, 2176): 17,
+}  # fmt: skip
+# the presets' family: (layers, width) by non-embedding size 16 * layers * width^2
 # (attention 4 d^2 and a SwiGLU MLP of hidden width 4d, 12 d^2, per layer)
 SMDM_SIZES = {
-    19: (8, 384, 6),
-    34: (8, 512, 8),
-    48: (9, 576, 9),
-    66: (10, 640, 10),
-    85: (13, 640, 10),
-    113: (12, 768, 12),
-    142: (15, 768, 12),
-    170: (18, 768, 12),
-    268: (16, 1024, 16),
-    336: (20, 1024, 16),
-    472: (18, 1280, 10),
-    1028: (20, 1792, 14),
+    19: (8, 384),
+    34: (8, 512),
+    48: (9, 576),
+    66: (10, 640),
+    85: (13, 640),
+    113: (12, 768),
+    142: (15, 768),
+    170: (18, 768),
+    268: (16, 1024),
+    336: (20, 1024),
+    472: (18, 1280),
+    1028: (20, 1792),
 }
 SMDM_BATCH, SMDM_SEQ_LEN, SMDM_TOKENS_PER_PARAMETER = 256, 2048, 20
 
 
 def smdm(size: int) -> Callable[[], RunConfig]:
     """SMDM's masked diffusion model of about ``size`` million non-embedding parameters."""
-    n_layers, d_model, n_heads = SMDM_SIZES[size]
+    n_layers, d_model = SMDM_SIZES[size]
+    n_heads = SMDM_HEADS[n_layers, d_model]
     # 20 training tokens per parameter (the compute-optimal ratio of autoregressive models; SMDM's
     # IsoFLOP runs vary it) in batches of 256 x 2048 tokens
     steps = max(1000, round(SMDM_TOKENS_PER_PARAMETER * size * 1e6 / (SMDM_BATCH * SMDM_SEQ_LEN)))

@@ -11,7 +11,7 @@ its value head), ``transformer.h.N.attn.proj.weight``, ``transformer.h.N.mlp.swi
 to a multiple of 64). Rotary embeddings are non-interleaved over the whole head, base 10,000.
 
 The shapes give the depth and widths; the head count comes from SMDM's configurations
-(``Diff_LLaMA_*``, below) or ``--set model.n_heads=H`` (and ``model.n_kv_heads=G``). The
+(``Diff_LLaMA_*``, ``maskdiff.presets.SMDM_HEADS``) or ``--set model.n_heads=H`` (and ``model.n_kv_heads=G``). The
 tokenizer is TinyLlama's (Llama 2's 32,000 tokens), given with ``--tokenizer``.
 """
 
@@ -26,15 +26,8 @@ from maskdiff.interop.layout import Vocab, transformer_fields
 from maskdiff.interop.safetensors_files import SafetensorsFiles
 from maskdiff.interop.source import AUTOREGRESSIVE, MASKED_DIFFUSION, ImportSource, storage_dtype
 from maskdiff.interop.tokenizers import bpe_tokenizer, read_tokenizer_json
+from maskdiff.presets import SMDM_HEADS
 
-# (layers, width) -> heads of SMDM's Diff_LLaMA_* configurations (all multi-head: one query per key/value head)
-HEADS = {
-    (6, 256): 4, (8, 384): 6, (8, 512): 8, (9, 576): 9, (10, 640): 10, (13, 640): 10, (16, 640): 8,
-    (12, 768): 12, (15, 768): 12, (18, 768): 12, (14, 896): 14, (16, 896): 14, (18, 896): 14,
-    (16, 1024): 16, (18, 1024): 16, (20, 1024): 16, (18, 1280): 10, (21, 1280): 10, (24, 1280): 10,
-    (18, 1408): 11, (21, 1408): 11, (24, 1408): 11, (19, 1536): 12, (22, 1536): 12, (25, 1536): 12,
-    (20, 1792): 14, (24, 1792): 14, (22, 2048): 16, (25, 2048): 16, (28, 2176): 17,
-}  # fmt: skip
 CONTEXT = 2048  # SMDM's training sequence length
 MLP = {"gate": "mlp.swiglu.w1.weight", "up": "mlp.swiglu.w2.weight", "down": "mlp.swiglu.w3.weight"}
 
@@ -54,7 +47,7 @@ def read_smdm(path: Path, tokenizer: str | None, settings: dict[str, str]) -> Im
     embed_rows, d = files.shape("transformer.wte.weight")
     head_rows = files.shape("lm_head.weight")[0] if "lm_head.weight" in files else 0
     diffusion = embed_rows == head_rows + 1  # the MDM's extra row is the mask token's
-    heads = int(settings.get("model.n_heads") or HEADS.get((layers, d), 0))
+    heads = int(settings.get("model.n_heads") or SMDM_HEADS.get((layers, d), 0))
     if not heads:
         raise MaskdiffError(f"{path}: {layers} layers of width {d} is none of SMDM's configurations; give the head count with --set model.n_heads=H")
     groups = int(settings.get("model.n_kv_heads") or heads)
