@@ -83,3 +83,16 @@ def test_llama_shaped_blocks_swiglu_and_rmsnorm():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     with pytest.raises(maskdiff.MaskdiffError, match="model.mlp must be gelu or swiglu"):
         maskdiff.RunConfig().with_overrides(["model.mlp=relu"])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_masked_with_the_networks_own_pattern_equals_forward_and_side_by_side_copies_stay_apart(causal):
+    model = perturbed(net(causal=causal, n_kv_heads=1))
+    z, t = torch.randint(0, V + 1, (3, 9)), torch.rand(3)
+    own = torch.ones(9, 9, dtype=torch.bool)
+    own = own.tril() if causal else own
+    torch.testing.assert_close(model.forward_masked(z, t, own), model(z, t))
+    # two copies at the same rotary positions, each seeing only itself: each gives forward's logits
+    pair = model.forward_masked(torch.cat((z, z), 1), t, torch.block_diag(own, own), torch.arange(9).repeat(2))
+    torch.testing.assert_close(pair[:, :9], model(z, t))
+    torch.testing.assert_close(pair[:, 9:], model(z, t))

@@ -236,9 +236,19 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, causal: bool = False, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x [B, L, D]; cos, sin [L, D/H/2] for the absolute positions of x's rows.
+
+        ``mask`` (no cache): which keys each query sees, boolean [L, L] or [B, 1, L, L] (True:
+        attends), in place of ``causal``.
 
         With ``cache`` the L positions come after the ``cache.length`` cached ones, their keys and
         values are appended to layer ``layer`` of the cache, and the queries attend to everything
@@ -251,7 +261,9 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
         gqa = G != H  # the cache keeps G heads; attention shares each among H / G queries
-        if cache is None:
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal, enable_gqa=gqa)
         else:
             k, v = cache.update(layer, k, v)
@@ -316,12 +328,12 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_hidden or mlp_ratio * d_model, dropout, gated=mlp == "swiglu")
         self.modulation = nn.Linear(d_model, 6 * d_model) if conditioned else None
 
-    def forward(self, x, cos, sin, c=None, causal: bool = False, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, c=None, causal: bool = False, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
         if self.modulation is None:
-            x = x + self.attn(self.norm1(x), cos, sin, causal, cache, layer)
+            x = x + self.attn(self.norm1(x), cos, sin, causal, cache, layer, mask)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, causal, cache, layer)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, causal, cache, layer, mask)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -396,6 +408,17 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(z_t.shape[1], z_t.device)
         return self._aligned(self._run(z_t, t, cos, sin))
 
+    def forward_masked(self, z: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, V] of z [B, L] under an attention pattern of the caller's: ``mask`` boolean
+        [L, L] or [B, 1, L, L] (True: query i sees key j) replaces the network's own (bidirectional or
+        causal); ``positions`` [L] (default 0..L-1) are the rotary positions of z's columns, which may
+        repeat (two copies of one sequence side by side). Not shifted by ``shift_logits``: the
+        caller that lays out its own columns aligns them.
+        """
+        positions = torch.arange(z.shape[1], device=z.device) if positions is None else positions
+        cos, sin = self.rotary(int(positions.max()) + 1, z.device)
+        return self._run(z, t, cos[positions], sin[positions], mask=mask)
+
     def _aligned(self, logits: torch.Tensor) -> torch.Tensor:
         """With ``shift_logits`` the output at i predicts token i+1, so token i's prediction is the
         output at i-1; position 0 has none before it and keeps its own output (give it a fixed token)."""
@@ -456,11 +479,13 @@ class Transformer(nn.Module):
         with cache.attending(rows, start, end):
             return self._aligned(self._run(z, t, cos[start:end], sin[start:end], cache))
 
-    def _run(self, z: torch.Tensor, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def _run(
+        self, z: torch.Tensor, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.embed(z)
         c = self.time_embed(timestep_features(t, self.cfg.time_features)) if self.time_embed is not None else None
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, c, self.cfg.causal, cache, layer)
+            x = block(x, cos, sin, c, self.cfg.causal, cache, layer, mask)
         x = self.norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c).chunk(2, dim=-1)
